@@ -1,0 +1,130 @@
+"""Pydantic models for what a task file may say. Unknown keys are errors (``extra="forbid"``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Task names become folders under the output directory: keep them to safe path segments.
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class ConfigModel(BaseModel):
+    """Base for every config model: typos fail at load time, values are not mutated afterwards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineConfig(ConfigModel):
+    """Settings shared by all engines; each engine type extends it with its own options."""
+
+    type: str = Field(description="Engine type: local, ollama or openai.")
+    model: str | None = Field(None, description="Model name (or GGUF path for the local engine).")
+    base_url: str | None = Field(None, description="Server URL (ollama, openai).")
+    timeout: float = Field(120.0, gt=0, description="Seconds before one request is abandoned.")
+    max_retries: int = Field(4, ge=0, description="Retries after a failed request (timeouts, 429, 5xx).")
+    retry_wait: float = Field(
+        1.0, ge=0, description="Seconds before the first retry; doubles each time, with jitter."
+    )
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight to this engine at once.")
+    structured_retries: int = Field(
+        2, ge=0, description="Extra calls when a structured reply does not fit its JSON schema."
+    )
+    # Decoding defaults; a stage may override any of them per call.
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, description="Cap on generated tokens per call.")
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    def decoding(self) -> dict[str, Any]:
+        """Decoding parameters that are set, ready to merge under per-call overrides."""
+        keys = ("temperature", "top_p", "max_tokens", "seed", "stop")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class StageOptions(ConfigModel):
+    """Base for a stage's YAML options; ``name`` selects the stage class."""
+
+    name: str
+
+
+class LMStageOptions(StageOptions):
+    """Options every LM-calling stage has."""
+
+    engine: str = Field("default", description="Name of an entry under `engines:`.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class DatastoreConfig(ConfigModel):
+    """Where a data file lives (DiGiT's ``{type: default, data_path: ...}``)."""
+
+    type: str = "default"
+    data_path: str
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value != "default":
+            raise ValueError("only type 'default' (a JSONL file) is supported")
+        return value
+
+
+class FormatterConfig(ConfigModel):
+    type: str = "conversation/messages"
+
+
+class TaskConfig(ConfigModel):
+    """A whole task file."""
+
+    task_name: str = Field(description="Unique name; also the output folder under --output-dir.")
+    task_description: str = ""
+    created_by: str = ""
+    data_builder: str = Field("core/conversation", description="Only core/conversation exists.")
+    min_turns: int = Field(1, ge=1, description="Complete exchanges a conversation needs to be kept.")
+    max_turns: int = Field(10, ge=1, description="Most exchanges per conversation.")
+    engines: dict[str, EngineConfig] = Field(default_factory=dict)
+    initialization_stages: list[StageOptions] = Field(default_factory=list)
+    iteration_stages: list[StageOptions] = Field(default_factory=list)
+    termination_stages: list[StageOptions] = Field(default_factory=list)
+    formatter: FormatterConfig = Field(default_factory=FormatterConfig)
+    seed_datastore: DatastoreConfig | None = None
+
+    @field_validator("task_name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        segments = value.split("/")
+        if not value or any(s in ("", ".", "..") or not _SAFE_SEGMENT.match(s) for s in segments):
+            raise ValueError(
+                "must be one or more '/'-separated segments of letters, digits, '_', '-', '.'"
+                " (no '..', no absolute path), because it names the output folder"
+            )
+        return value
+
+    @field_validator("data_builder")
+    @classmethod
+    def _known_builder(cls, value: str) -> str:
+        if value != "core/conversation":
+            raise ValueError("unknown data builder; known: core/conversation")
+        return value
+
+    @field_validator("max_turns")
+    @classmethod
+    def _min_le_max(cls, value: int, info: Any) -> int:
+        min_turns = info.data.get("min_turns")
+        if min_turns is not None and value < min_turns:
+            raise ValueError(f"max_turns ({value}) is smaller than min_turns ({min_turns})")
+        return value
+
+    @field_validator("iteration_stages")
+    @classmethod
+    def _has_iteration(cls, value: list[StageOptions]) -> list[StageOptions]:
+        if not value:
+            raise ValueError("needs at least one stage (for example lm/user/guided and lm/assistant/naive)")
+        return value
+
+    def all_stages(self) -> list[StageOptions]:
+        return [*self.initialization_stages, *self.iteration_stages, *self.termination_stages]

@@ -1,0 +1,116 @@
+"""The conversation record: a typed log of steps, serialised one per line to ``final_data.jsonl``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
+
+
+class Personality(BaseModel):
+    """Big-Five traits in [-1, 1]; ``None`` leaves a trait unconstrained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    openness: float | None = Field(None, ge=-1, le=1)
+    conscientiousness: float | None = Field(None, ge=-1, le=1)
+    extraversion: float | None = Field(None, ge=-1, le=1)
+    agreeableness: float | None = Field(None, ge=-1, le=1)
+    neuroticism: float | None = Field(None, ge=-1, le=1)
+
+
+class Persona(BaseModel):
+    """One line of a personas file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(min_length=1)
+    expertise: str | None = None
+    domain: str | None = None
+    goals: list[str] = Field(default_factory=list)
+    personality: Personality = Field(default_factory=Personality)
+    style_override: str | None = None
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    stage_name: str = ""
+    # Provenance of LM steps: engine, model, tokens, attempts, rejected drafts.
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class PersonaStep(_Step):
+    role: Literal["persona"] = "persona"
+    persona: Persona
+
+
+class ScenarioStep(_Step):
+    role: Literal["scenario"] = "scenario"
+
+
+class FlowControllerStep(_Step):
+    """The move chosen for the coming exchange; ``content`` repeats the pattern name."""
+
+    role: Literal["flow_controller"] = "flow_controller"
+    pattern: str
+    hint: str
+    terminate: bool = False
+    eligible_patterns: list[str] = Field(default_factory=list)
+    reasoning: str = ""
+    # Why the LM's choice was not used as is (invalid JSON, engine error, ...), or None.
+    fallback: str | None = None
+
+
+class MessageStep(_Step):
+    role: Literal["system", "user", "assistant"]
+
+
+Step = Annotated[
+    PersonaStep | ScenarioStep | FlowControllerStep | MessageStep, Field(discriminator="role")
+]
+
+
+class Conversation(BaseModel):
+    """One conversation and how it was made. Steps are append-only while it is generated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_name: str
+    conversation_id: str
+    is_seed: bool = False
+    num_turns: int = 0
+    stop_reason: str | None = None
+    # Named values written by stages (sampled attributes, generated system prompt, ...).
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    steps: list[Step] = Field(default_factory=list)
+
+    def last(self, role: str) -> Step | None:
+        for step in reversed(self.steps):
+            if step.role == role:
+                return step
+        return None
+
+    @property
+    def persona(self) -> PersonaStep | None:
+        step = self.last("persona")
+        return step if isinstance(step, PersonaStep) else None
+
+    @property
+    def scenario(self) -> str | None:
+        step = self.last("scenario")
+        return step.content if step else None
+
+    def messages(self) -> list[dict[str, str]]:
+        """The visible chat (system, user, assistant), as OpenAI-style messages."""
+        return [
+            {"role": s.role, "content": s.content}
+            for s in self.steps
+            if s.role in ("system", "user", "assistant")
+        ]
+
+    def contents(self, role: str) -> list[str]:
+        return [s.content for s in self.steps if s.role == role]

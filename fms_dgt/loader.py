@@ -1,0 +1,252 @@
+"""Task YAML -> validated ``TaskConfig``, with errors that name the file, line and key.
+
+YAML is read with the safe loader (no object construction). ``${VAR}`` and ``${VAR:-default}``
+in string values are expanded from the environment; ``DGT_DATA_DIR`` defaults to ``data``.
+Each engine and stage entry is validated against the options model its type declares, so a
+typo fails here, before any LM call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fms_dgt.config import EngineConfig, LMStageOptions, StageOptions, TaskConfig
+from fms_dgt.engines import ENGINES
+from fms_dgt.errors import ConfigError, Problem
+from fms_dgt.registry import UnknownNameError
+from fms_dgt.stages import STAGES
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DEFAULTS = {"DGT_DATA_DIR": "data"}
+_STAGE_LISTS = ("initialization_stages", "iteration_stages", "termination_stages")
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A loaded task file."""
+
+    path: Path
+    config: TaskConfig
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EngineOverride:
+    """``--engine``/``--model``/``--base-url``: applied to every engine of the task."""
+
+    type: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+
+    def apply(self, raw: dict[str, Any]) -> dict[str, Any]:
+        raw = dict(raw)
+        if self.type and self.type != raw.get("type"):
+            # Options of the old type mean nothing to the new one; keep the shared ones only.
+            shared = set(EngineConfig.model_fields) - {"model", "base_url"}
+            raw = {k: v for k, v in raw.items() if k in shared}
+            raw["type"] = self.type
+        if self.model:
+            raw["model"] = self.model
+        if self.base_url:
+            raw["base_url"] = self.base_url
+        return raw
+
+
+class _Locator:
+    """Finds the line of a key path in the YAML source, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            self.root = None
+
+    def line(self, loc: Loc) -> int | None:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = next((v for k, v in node.value if k.value == part), None)
+                if match is None:
+                    # An unknown key: point at the key itself if it is written.
+                    key = next((k for k, _ in node.value if k.value == part), None)
+                    return key.start_mark.line + 1 if key is not None else line
+                node = match
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                return line
+            line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode) and loc:
+            # For a mapping, the line of its key reads better than its first child.
+            return line
+        return line
+
+
+def _key(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+class _Builder:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.locator = _Locator(text)
+        self.problems: list[Problem] = []
+
+    def problem(self, loc: Loc, message: str) -> None:
+        self.problems.append(
+            Problem(message, file=self.path, line=self.locator.line(loc), key=_key(loc) or None)
+        )
+
+    def validation(self, prefix: Loc, exc: ValidationError) -> None:
+        for error in exc.errors():
+            loc = prefix + tuple(error["loc"])
+            # Errors raised by a field validator carry the field; point there.
+            self.problem(loc, _message(error))
+
+    def expand(self, value: Any, loc: Loc) -> Any:
+        if isinstance(value, str):
+            return _VAR.sub(lambda m: self._lookup(m, loc), value)
+        if isinstance(value, dict):
+            return {k: self.expand(v, loc + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(v, loc + (i,)) for i, v in enumerate(value)]
+        return value
+
+    def _lookup(self, match: re.Match[str], loc: Loc) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            value = default if default is not None else _DEFAULTS.get(name)
+        if value is None:
+            self.problem(loc, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+            return match.group(0)
+        return value
+
+    def model(self, cls: type[BaseModel], raw: Any, loc: Loc) -> BaseModel | None:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            self.validation(loc, exc)
+            return None
+
+
+def load_task(path: Path | str, override: EngineOverride | None = None) -> Task:
+    """Read and validate one task file; raise ``ConfigError`` listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(Problem("task file not found", file=path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(Problem(f"cannot read task file: {exc}", file=path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        what = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            Problem(f"YAML syntax error: {what}", file=path, line=mark.line + 1 if mark else None)
+        ) from None
+    builder = _Builder(path, text)
+    if not isinstance(raw, dict):
+        raise ConfigError(Problem("a task file must be a mapping of keys to values", file=path, line=1))
+    data: dict[str, Any] = builder.expand(raw, ())
+    if builder.problems:
+        raise ConfigError(builder.problems)
+
+    engines_raw = data.get("engines")
+    if engines_raw is None:
+        engines_raw = {"default": {"type": "local"}}
+    engines: dict[str, Any] = {}
+    if not isinstance(engines_raw, dict):
+        builder.problem(("engines",), "must be a mapping of engine names to settings")
+    else:
+        for name, spec in engines_raw.items():
+            loc: Loc = ("engines", name)
+            if not isinstance(spec, dict):
+                builder.problem(loc, "must be a mapping with at least `type`")
+                continue
+            if override:
+                spec = override.apply(spec)
+            try:
+                cls = ENGINES.get(str(spec.get("type")))
+            except UnknownNameError as exc:
+                builder.problem(loc + ("type",), str(exc))
+                continue
+            engines[name] = builder.model(cls.Config, spec, loc)
+
+    stages: dict[str, list[Any]] = {}
+    for field in _STAGE_LISTS:
+        items = data.get(field) or []
+        if not isinstance(items, list):
+            builder.problem((field,), "must be a list of stages")
+            continue
+        stages[field] = []
+        for index, item in enumerate(items):
+            loc = (field, index)
+            if not isinstance(item, dict) or "name" not in item:
+                builder.problem(loc, "each stage must be a mapping with a `name`")
+                continue
+            try:
+                cls = STAGES.get(str(item["name"]))
+            except UnknownNameError as exc:
+                builder.problem(loc + ("name",), str(exc))
+                continue
+            options = builder.model(cls.Options, item, loc)
+            stages[field].append(options)
+            if isinstance(options, LMStageOptions) and options.engine not in engines_raw:
+                known = ", ".join(map(str, engines_raw)) if isinstance(engines_raw, dict) else ""
+                builder.problem(loc + ("engine",), f"no engine named {options.engine!r} under `engines:` (known: {known})")
+
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    task_data = {**data, "engines": engines, **stages}
+    config = builder.model(TaskConfig, task_data, ())
+    if builder.problems or config is None:
+        raise ConfigError(builder.problems)
+    assert isinstance(config, TaskConfig)
+    return Task(path=path, config=config, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def find_task_files(paths: list[str]) -> list[Path]:
+    """Task files named directly, or found as ``task.yaml`` under folders, in a stable order."""
+    found: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            matches = sorted(path.rglob("task.yaml"))
+            if not matches:
+                raise ConfigError(Problem("no task.yaml under this folder", file=path))
+            found.extend(matches)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ConfigError(Problem("task file or folder not found", file=path))
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+__all__ = ["EngineOverride", "StageOptions", "Task", "find_task_files", "load_task"]

@@ -1,0 +1,1 @@
+"""`python -m fms_dgt.public`: the entry point DiGiT users know; same CLI as `python -m fms_dgt`."""
