@@ -1,0 +1,183 @@
+"""The engine contract: one async ``chat`` call, with retries, timeouts and structured output here.
+
+Engines only translate a request into their server's API (``_send``) and say whether the server is
+up (``check``). Concurrency limits belong to the runner, not to engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from fms_dgt.config import EngineConfig
+from fms_dgt.engines.retry import retrying
+from fms_dgt.errors import EngineError, StructuredOutputError
+from fms_dgt.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+Schema = type[BaseModel] | dict[str, Any]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """What one chat call returned; ``parsed`` is set when a schema was requested."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    parsed: Any = None
+    # Calls made for this result: retries after failures plus structured-output re-asks.
+    calls: int = 1
+
+
+class Engine(ABC):
+    """Base class for LM engines. Subclasses declare ``Config`` and implement ``_send``/``check``."""
+
+    Config: ClassVar[type[EngineConfig]] = EngineConfig
+    registry_name: ClassVar[str]
+
+    def __init__(self, name: str, config: EngineConfig) -> None:
+        self.name = name
+        self.config = config
+        # Why calls were retried, e.g. {"http 429": 3, "timeout": 1}; read by the run summary.
+        self.retry_reasons: Counter[str] = Counter()
+
+    @property
+    def url(self) -> str | None:
+        """Where requests go, for messages and provenance (never includes credentials)."""
+        return self.config.base_url
+
+    def describe(self) -> dict[str, Any]:
+        """Engine type, model and URL for the run summary: no secrets."""
+        return {"type": self.registry_name, "model": self.config.model, "base_url": self.url}
+
+    def error(self, cause: str, **kwargs: Any) -> EngineError:
+        return EngineError(cause, engine=self.name, model=self.config.model, url=self.url, **kwargs)
+
+    async def chat(
+        self, messages: list[Message], *, schema: Schema | None = None, **params: Any
+    ) -> ChatResult:
+        """Send one chat request and return its reply.
+
+        ``params`` are decoding parameters (temperature, top_p, max_tokens, seed, stop) that
+        override the engine's defaults for this call. With ``schema`` (a pydantic model class or
+        a JSON schema dict) the server is asked for JSON that fits it, the reply is validated, and
+        an invalid reply is asked for again up to ``structured_retries`` times.
+        """
+        call_params = {**self.config.decoding(), **{k: v for k, v in params.items() if v is not None}}
+        json_schema = _json_schema(schema) if schema is not None else None
+        usage = Usage()
+        calls = 0
+        attempts = 1 + (self.config.structured_retries if schema is not None else 0)
+        problem = ""
+        for _ in range(attempts):
+            result = await self._send_with_retries(messages, json_schema, call_params)
+            usage.add(result.usage)
+            calls += result.calls
+            if schema is None:
+                result.usage, result.calls = usage, calls
+                return result
+            try:
+                result.parsed = parse_structured(result.text, schema)
+            except ValueError as exc:
+                problem = str(exc)
+                self.retry_reasons["invalid structured output"] += 1
+                continue
+            result.usage, result.calls = usage, calls
+            return result
+        error = StructuredOutputError(
+            f"no reply fit the JSON schema after {attempts} calls: {problem}",
+            engine=self.name,
+            model=self.config.model,
+            url=self.url,
+        )
+        error.usage = usage  # type: ignore[attr-defined]
+        error.calls = calls  # type: ignore[attr-defined]
+        raise error
+
+    async def _send_with_retries(
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+    ) -> ChatResult:
+        attempt_number = 0
+        try:
+            async for attempt in retrying(self):
+                with attempt:
+                    attempt_number = attempt.retry_state.attempt_number
+                    try:
+                        async with asyncio.timeout(self.config.timeout):
+                            result = await self._send(messages, json_schema, params)
+                    except TimeoutError:
+                        raise self.error(
+                            f"no reply within {self.config.timeout:g} s", retryable=True
+                        ) from None
+                    result.calls = attempt_number
+                    return result
+        except EngineError as exc:
+            if attempt_number > 1 or exc.retryable:
+                raise self.error(f"gave up after {attempt_number} attempts: {exc.cause}") from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @abstractmethod
+    async def _send(
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+    ) -> ChatResult:
+        """One request, no retries. Raise ``EngineError`` (``retryable`` when worth retrying)."""
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Fail fast with an ``EngineError`` if the server or model is not usable."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or the loaded model."""
+
+
+ENGINES: Registry[type[Engine]] = Registry("engine type")
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def _json_schema(schema: Schema) -> dict[str, Any]:
+    if isinstance(schema, dict):
+        return schema
+    return schema.model_json_schema()
+
+
+def parse_structured(text: str, schema: Schema) -> Any:
+    """Parse a JSON reply (tolerating a Markdown code fence) and validate it against ``schema``."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1)
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"reply is not JSON ({exc.msg}): {text[:80]!r}") from None
+    if isinstance(schema, dict):
+        return data
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "reply"
+        raise ValueError(f"{loc}: {first['msg']}") from None

@@ -1,0 +1,121 @@
+"""``type: local``: llama.cpp embedded in this process (xllamacpp); no server, no network.
+
+The weights come from data-only packages (see ``local_models``). Requests run on a small thread
+pool, one thread per llama.cpp slot, so ``n_parallel`` conversations are decoded in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import Field
+
+from fms_dgt.config import EngineConfig
+from fms_dgt.engines import local_models
+from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
+
+
+class LocalConfig(EngineConfig):
+    model: str | None = Field(
+        None,
+        description=f"Catalogue name ({', '.join(sorted(local_models.MODELS))}) or a .gguf path;"
+        f" default {local_models.DEFAULT_MODEL}.",
+    )
+    max_concurrency: int = Field(4, ge=1, description="llama.cpp slots decoded together (n_parallel).")
+    context_per_slot: int = Field(4096, ge=512, description="Tokens of context each slot holds.")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default all cores.")
+
+
+@ENGINES.register("local")
+class LocalEngine(Engine):
+    Config = LocalConfig
+    config: LocalConfig
+
+    def __init__(self, name: str, config: LocalConfig) -> None:
+        super().__init__(name, config)
+        self._server: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+        self.model_path: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": "local",
+            "model": self.config.model or local_models.DEFAULT_MODEL,
+            "model_path": self.model_path,
+        }
+
+    def _load(self) -> Any:
+        try:
+            import xllamacpp
+        except ImportError:
+            raise self.error(
+                "the embedded engine is not installed; run: pip install 'fms_dgt[local]'"
+            ) from None
+        path = local_models.resolve(self.config.model)
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        slots = self.config.max_concurrency
+        params.n_parallel = slots
+        params.n_ctx = self.config.context_per_slot * slots
+        threads = self.config.threads or os.cpu_count() or 2
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1
+        params.port = 0  # the library also serves HTTP on 127.0.0.1; a free port avoids clashes
+        try:
+            server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            raise self.error(f"could not load {path}: {exc}") from None
+        self.model_path = str(path)
+        return server
+
+    async def _ensure_loaded(self) -> None:
+        async with self._lock:
+            if self._server is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.config.max_concurrency, thread_name_prefix="fms_dgt-local"
+                )
+                self._server = await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+
+    async def check(self) -> None:
+        """Loading the model is the check: a missing package or bad file fails here, before any turn."""
+        await self._ensure_loaded()
+
+    async def _send(
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+    ) -> ChatResult:
+        if self._server is None:
+            await self._ensure_loaded()
+        request: dict[str, Any] = {"messages": messages, **params}
+        if json_schema is not None:
+            request["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": json_schema, "strict": True},
+            }
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(self._pool, self._server.handle_chat_completions, request)
+        if "error" in reply:
+            error = reply["error"]
+            code = int(error.get("code") or 500)
+            raise self.error(f"llama.cpp {code}: {error.get('message', error)}", retryable=code >= 500)
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
+        return ChatResult(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        )
+
+    async def aclose(self) -> None:
+        self._server = None  # the library frees the model when the server object goes
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

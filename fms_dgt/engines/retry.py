@@ -1,0 +1,70 @@
+"""The one retry policy for every engine: timeouts, connection errors, 429 and 5xx are retried
+with exponential backoff and jitter, ``Retry-After`` is honoured, anything else fails at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from fms_dgt.errors import EngineError
+
+if TYPE_CHECKING:
+    from fms_dgt.engines.base import Engine
+
+logger = logging.getLogger(__name__)
+
+# A server asking for more than this is treated as asking for this; a run should not stall for hours.
+MAX_RETRY_AFTER = 120.0
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, EngineError) and exc.retryable
+
+
+def retrying(engine: Engine) -> AsyncRetrying:
+    """Build the retry loop for one call on ``engine`` (waits scale with its ``retry_wait``)."""
+    base_wait = engine.config.retry_wait
+    backoff = wait_exponential_jitter(multiplier=base_wait, max=30 * base_wait + 1e-9, jitter=base_wait)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, EngineError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER)
+        return backoff(state)
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        cause = exc.cause if isinstance(exc, EngineError) else repr(exc)
+        engine.retry_reasons[_reason(cause)] += 1
+        logger.warning(
+            "engine %s: attempt %d failed (%s); retrying in %.1f s",
+            engine.name,
+            state.attempt_number,
+            cause,
+            state.upcoming_sleep,
+        )
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(engine.config.max_retries + 1),
+        wait=wait,
+        retry=retry_if_exception(_is_retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _reason(cause: str) -> str:
+    """A short, countable reason: 'http 503', 'timeout', 'connection error', ..."""
+    if cause.startswith("http "):
+        return cause.split(":")[0]
+    if cause.startswith("no reply within"):
+        return "timeout"
+    return cause.split(":")[0][:40]

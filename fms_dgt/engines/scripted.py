@@ -1,0 +1,67 @@
+"""``type: scripted``: a test double that answers from a queue and records every call."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fms_dgt.config import EngineConfig
+from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
+
+Reply = str | dict[str, Any] | Exception
+Responder = Callable[[list[Message], dict[str, Any] | None, dict[str, Any]], Reply]
+
+
+@dataclass
+class RecordedCall:
+    messages: list[Message]
+    schema: dict[str, Any] | None
+    params: dict[str, Any]
+
+
+class ScriptedEngine(Engine):
+    """Replies come from ``replies`` (in order), else from ``responder``; dicts are sent as JSON.
+
+    An ``Exception`` in the queue is raised instead of answering, to script failures. Not in the
+    engine registry: tests build it directly and hand it to the runner.
+    """
+
+    registry_name = "scripted"
+
+    def __init__(
+        self,
+        name: str = "default",
+        config: EngineConfig | None = None,
+        *,
+        replies: list[Reply] | None = None,
+        responder: Responder | None = None,
+    ) -> None:
+        super().__init__(name, config or EngineConfig(type="scripted", model="scripted", retry_wait=0))
+        self.replies: deque[Reply] = deque(replies or [])
+        self.responder = responder
+        self.calls: list[RecordedCall] = []
+
+    def enqueue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    async def _send(
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+    ) -> ChatResult:
+        self.calls.append(RecordedCall([dict(m) for m in messages], json_schema, dict(params)))
+        if self.replies:
+            reply = self.replies.popleft()
+        elif self.responder is not None:
+            reply = self.responder(messages, json_schema, params)
+        else:
+            raise AssertionError("scripted engine: no reply queued for this call")
+        if isinstance(reply, Exception):
+            raise reply
+        text = json.dumps(reply) if isinstance(reply, dict) else reply
+        prompt_tokens = sum(len(m["content"]) for m in messages) // 4
+        return ChatResult(text=text, finish_reason="stop", usage=Usage(prompt_tokens, len(text) // 4))
+
+    async def check(self) -> None:
+        return None
