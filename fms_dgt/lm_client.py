@@ -1,0 +1,67 @@
+"""The runner's view of the engines: a concurrency limit per engine and per-stage accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
+from fms_dgt.errors import EngineError
+from fms_dgt.stats import RunStats
+
+logger = logging.getLogger(__name__)
+
+
+class LMClient:
+    """Routes a stage's call to its named engine, bounded by that engine's ``max_concurrency``."""
+
+    def __init__(self, engines: dict[str, Engine], stats: RunStats) -> None:
+        self.engines = engines
+        self.stats = stats
+        self._limits = {
+            name: asyncio.Semaphore(engine.config.max_concurrency) for name, engine in engines.items()
+        }
+
+    async def chat(
+        self,
+        engine: str,
+        stage: str,
+        messages: list[Message],
+        *,
+        schema: Schema | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        target = self.engines[engine]
+        async with self._limits[engine]:
+            started = time.perf_counter()
+            try:
+                result = await target.chat(messages, schema=schema, **params)
+            except EngineError as exc:
+                usage = getattr(exc, "usage", None)
+                self.stats.record_call(
+                    stage,
+                    engine,
+                    calls=getattr(exc, "calls", 1),
+                    prompt=usage.prompt_tokens if usage else 0,
+                    completion=usage.completion_tokens if usage else 0,
+                    seconds=time.perf_counter() - started,
+                    failed=True,
+                )
+                raise
+        logger.debug(
+            "%s on %s: %.2f s, %d+%d tokens, %s",
+            stage, engine, time.perf_counter() - started,
+            result.usage.prompt_tokens, result.usage.completion_tokens, result.finish_reason,
+        )
+        self.stats.record_call(
+            stage,
+            engine,
+            calls=result.calls,
+            prompt=result.usage.prompt_tokens,
+            completion=result.usage.completion_tokens,
+            seconds=time.perf_counter() - started,
+            failed=False,
+        )
+        return result

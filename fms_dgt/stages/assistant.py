@@ -1,0 +1,54 @@
+"""``lm/assistant/naive``: a helpful assistant that sees only the visible conversation.
+
+It never sees the scenario or the persona, which describe the user's hidden intent: a real
+assistant would not know them either.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fms_dgt.config import LMStageOptions
+from fms_dgt.conversation import Conversation, MessageStep
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.text import clean_reply, trim_unfinished
+
+SYSTEM = (
+    "You are a helpful, friendly AI assistant. Reply to the user's last message accurately and"
+    " concisely, in 2 to 5 sentences of plain text. If you are not sure of a fact, say so."
+)
+
+
+class AssistantOptions(LMStageOptions):
+    system_prompt: str = Field(SYSTEM, description="The assistant's instructions (not written to the output).")
+    max_attempts: int = Field(2, ge=1)
+
+
+@register_stage("lm/assistant/naive")
+class AssistantStage(LMStage):
+    Options = AssistantOptions
+    options: AssistantOptions
+    default_max_tokens = 300
+    default_temperature = 0.7
+
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        messages = [{"role": "system", "content": self.options.system_prompt}]
+        messages += [m for m in conv.messages() if m["role"] in ("user", "assistant")]
+        earlier = set(conv.contents("assistant"))
+        for attempt in range(1, self.options.max_attempts + 1):
+            result = await self.chat(ctx, messages)
+            text = clean_reply(result.text)
+            if result.finish_reason == "length":
+                text = trim_unfinished(text)
+            if text and text not in earlier:
+                conv.steps.append(
+                    MessageStep(
+                        role="assistant",
+                        content=text,
+                        stage_name=self.name,
+                        metadata=self.provenance(result, attempts=attempt),
+                    )
+                )
+                return
+            self.resources.stats.rejected_drafts["assistant:" + ("repeat" if text else "empty")] += 1
+        raise DropConversation("assistant_empty_or_repeat")

@@ -1,0 +1,128 @@
+"""The stage contract and what stages get to work with.
+
+A stage is called once per conversation (initialization and termination stages) or once per
+exchange (iteration stages). It appends steps to the conversation it is given, and drops the
+conversation by raising ``DropConversation`` with a reason that is counted in the run summary.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fms_dgt.config import LMStageOptions, StageOptions, TaskConfig
+from fms_dgt.conversation import Conversation
+from fms_dgt.engines.base import ChatResult, Message, Schema
+from fms_dgt.lm_client import LMClient
+from fms_dgt.registry import Registry
+from fms_dgt.stats import RunStats
+
+
+class DropConversation(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a stage to drop the conversation; ``reason`` is a short countable label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Resources:
+    """Shared by every stage of a run."""
+
+    task: TaskConfig
+    lm: LMClient | None
+    stats: RunStats
+    seed_conversations: list[Conversation] = field(default_factory=list)
+
+
+@dataclass
+class ConversationContext:
+    """Per-conversation state the runner passes to every stage call."""
+
+    rng: random.Random
+    turn: int = 0  # 0-based index of the exchange being produced
+    # Set by a stage (the flow controller) when the exchange being produced is the last one.
+    last_turn: bool = False
+
+
+class Stage(ABC):
+    """Base class for stages. Subclasses set ``Options`` to their own options model."""
+
+    Options: ClassVar[type[StageOptions]] = StageOptions
+    registry_name: ClassVar[str]
+
+    def __init__(self, options: StageOptions, resources: Resources) -> None:
+        self.options = options
+        self.resources = resources
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load and check data files before any LM call; raise ``ConfigError`` on bad input."""
+
+    @abstractmethod
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        """Append this stage's steps to ``conv`` or raise ``DropConversation``."""
+
+
+class LMStage(Stage):
+    """A stage that calls an LM engine named in its options."""
+
+    options: LMStageOptions
+    # Per-stage defaults, overridable in the task file.
+    default_max_tokens: ClassVar[int] = 256
+    default_temperature: ClassVar[float | None] = None
+
+    async def chat(
+        self,
+        ctx: ConversationContext,
+        messages: list[Message],
+        *,
+        schema: Schema | None = None,
+        temperature: float | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        assert self.resources.lm is not None, "LM stages need an LM client"
+        # A seed drawn from the conversation's generator makes runs reproducible with --seed,
+        # unless the engine config pins one seed for every call.
+        engine = self.resources.lm.engines[self.options.engine]
+        if engine.config.seed is None:
+            params.setdefault("seed", ctx.rng.randrange(2**31))
+        temperature = temperature if temperature is not None else self.options.temperature
+        if temperature is None:
+            temperature = self.default_temperature
+        return await self.resources.lm.chat(
+            self.options.engine,
+            self.name,
+            messages,
+            schema=schema,
+            max_tokens=self.options.max_tokens or self.default_max_tokens,
+            temperature=temperature,
+            **params,
+        )
+
+    def provenance(self, result: ChatResult, **extra: Any) -> dict[str, Any]:
+        """Step metadata: which engine and model wrote it, and what it cost."""
+        assert self.resources.lm is not None
+        engine = self.resources.lm.engines[self.options.engine]
+        return {
+            "engine": self.options.engine,
+            "model": engine.describe().get("model"),
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "finish_reason": result.finish_reason,
+            **extra,
+        }
+
+
+STAGES: Registry[type[Stage]] = Registry("stage")
+
+
+def register_stage(name: str) -> Any:
+    """Class decorator: make a stage available to task files under ``name``."""
+    return STAGES.register(name)

@@ -1,0 +1,191 @@
+"""``lm/flow_controller``: choose the user's next move from weighted patterns and adapt its hint.
+
+Each exchange: the LM says which patterns fit now (JSON limited to the declared names), code
+samples one by weight among those, and the LM rewrites the pattern's hint for this conversation.
+A termination pattern makes the coming exchange the last one, so the user's closing message and
+the assistant's reply follow its hint: the conversation never stops mid-air.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from fms_dgt.config import ConfigModel, LMStageOptions
+from fms_dgt.conversation import Conversation, FlowControllerStep
+from fms_dgt.errors import StructuredOutputError
+from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
+from fms_dgt.stages.text import transcript
+
+SYSTEM = (
+    "You direct a conversation between a user and an AI assistant. You decide what kind of "
+    "message the user would naturally send next, so the conversation stays coherent and varied."
+)
+
+
+class Pattern(ConfigModel):
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1, description="Shown to the LM when it judges fit.")
+    hint: str = Field("", description="Template instruction for the user; the LM adapts it.")
+    weight: float = Field(1.0, ge=0, description="Relative chance among the eligible patterns.")
+
+
+class FlowControllerOptions(LMStageOptions):
+    patterns: list[Pattern] = Field(min_length=1)
+    termination_patterns: list[str] = Field(
+        default_factory=list, description="Patterns that make the coming exchange the last."
+    )
+    opening_patterns: list[str] | None = Field(
+        None, description="If set, the first exchange picks among these by weight, without an LM call."
+    )
+    close_at_max_turns: bool = Field(
+        True, description="On the last allowed exchange, pick a termination pattern (closing exchange)."
+    )
+    adapt_hints: bool = Field(True, description="Ask the LM to adapt the chosen pattern's hint.")
+
+    @field_validator("patterns")
+    @classmethod
+    def _valid_patterns(cls, patterns: list[Pattern]) -> list[Pattern]:
+        names = [p.name for p in patterns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate pattern names: {', '.join(duplicates)}")
+        if not any(p.weight > 0 for p in patterns):
+            raise ValueError("all pattern weights are zero; at least one must be positive")
+        return patterns
+
+    @field_validator("termination_patterns", "opening_patterns")
+    @classmethod
+    def _declared(cls, value: list[str] | None, info: Any) -> list[str] | None:
+        declared = {p.name for p in info.data.get("patterns", [])}
+        unknown = [n for n in value or [] if n not in declared]
+        if declared and unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not among the patterns ({', '.join(sorted(declared))})"
+            )
+        return value
+
+
+class Hint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hint: str = Field(min_length=1, max_length=300)
+
+
+@lru_cache(maxsize=256)
+def eligibility_model(names: tuple[str, ...]) -> type[BaseModel]:
+    """A reply model whose ``eligible_patterns`` may only hold the offered names."""
+    return create_model(
+        "Eligibility",
+        __config__=ConfigDict(extra="forbid"),
+        reasoning=(str, Field(max_length=400)),
+        eligible_patterns=(list[Literal[names]], Field(min_length=1, max_length=len(names))),  # type: ignore[valid-type]
+    )
+
+
+@register_stage("lm/flow_controller")
+class FlowControllerStage(LMStage):
+    Options = FlowControllerOptions
+    options: FlowControllerOptions
+    default_max_tokens = 200
+    default_temperature = 0.3
+
+    def setup(self) -> None:
+        self.by_name = {p.name: p for p in self.options.patterns}
+        self.terminal = set(self.options.termination_patterns)
+
+    def offered(self, ctx: ConversationContext) -> tuple[list[Pattern], bool]:
+        """Patterns allowed for this exchange, and whether the LM should judge among them."""
+        task = self.resources.task
+        patterns = self.options.patterns
+        if ctx.turn == 0 and self.options.opening_patterns:
+            return [self.by_name[n] for n in self.options.opening_patterns], False
+        if self.terminal and self.options.close_at_max_turns and ctx.turn >= task.max_turns - 1:
+            return [p for p in patterns if p.name in self.terminal], False
+        if ctx.turn + 1 < task.min_turns:
+            # Ending now would leave fewer than min_turns exchanges: not an option yet.
+            patterns = [p for p in patterns if p.name not in self.terminal]
+        return patterns, True
+
+    def context_text(self, conv: Conversation, ctx: ConversationContext) -> str:
+        used = [s.pattern for s in conv.steps if isinstance(s, FlowControllerStep)]
+        return (
+            f"Scenario: {conv.scenario or '(none)'}\n\n"
+            f"Conversation so far:\n{transcript(conv)}\n\n"
+            f"The next user message starts exchange {ctx.turn + 1} of at most"
+            f" {self.resources.task.max_turns}.\n"
+            f"Moves used so far: {', '.join(used) if used else 'none'}."
+        )
+
+    async def judge(
+        self, conv: Conversation, ctx: ConversationContext, offered: list[Pattern]
+    ) -> tuple[list[str], str, str | None]:
+        """Ask which offered patterns fit; on unusable output, all offered ones do."""
+        names = tuple(p.name for p in offered)
+        listing = "\n".join(f"- {p.name}: {p.description}" for p in offered)
+        prompt = (
+            f"{self.context_text(conv, ctx)}\n\nPossible moves for the user's next message:\n{listing}\n\n"
+            "Which of these moves would be natural for the user's next message? Reply in JSON with"
+            ' "reasoning" (one short sentence) and "eligible_patterns" (the names of every move'
+            " that fits)."
+        )
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        try:
+            result = await self.chat(ctx, messages, schema=eligibility_model(names))
+        except StructuredOutputError:
+            return list(names), "", "invalid_eligibility_json"
+        reply = result.parsed
+        eligible = list(dict.fromkeys(reply.eligible_patterns))
+        return eligible, reply.reasoning, None
+
+    async def adapt_hint(
+        self, conv: Conversation, ctx: ConversationContext, pattern: Pattern
+    ) -> tuple[str, str | None]:
+        template = pattern.hint or f"Follow the '{pattern.name}' move: {pattern.description}"
+        if not self.options.adapt_hints:
+            return template, None
+        prompt = (
+            f"{self.context_text(conv, ctx)}\n\nThe user's next move: {pattern.name}: {pattern.description}\n"
+            f"Template instruction: {template}\n\n"
+            "Rewrite the template as one concrete instruction for the user's next message in this"
+            " conversation: one sentence, addressed to the user (for example 'Ask ...' or 'Tell"
+            " ...'), specific to the topic. Do not write the message itself and do not repeat an"
+            ' earlier question. Reply in JSON: {"hint": "..."}'
+        )
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        try:
+            result = await self.chat(ctx, messages, schema=Hint, temperature=0.7)
+        except StructuredOutputError:
+            return template, "invalid_hint_json"
+        return result.parsed.hint.strip(), None
+
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        offered, ask = self.offered(ctx)
+        eligible, reasoning, fallback = [p.name for p in offered], "", None
+        if ask and len(offered) > 1:
+            eligible, reasoning, fallback = await self.judge(conv, ctx, offered)
+        candidates = [self.by_name[n] for n in eligible if self.by_name[n].weight > 0]
+        if not candidates:
+            candidates = [p for p in offered if p.weight > 0] or offered
+            fallback = fallback or "no_weighted_eligible"
+        chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
+        hint, hint_fallback = await self.adapt_hint(conv, ctx, chosen)
+        fallback = fallback or hint_fallback
+        if fallback:
+            self.resources.stats.fallbacks[fallback] += 1
+        terminate = chosen.name in self.terminal
+        if terminate:
+            ctx.last_turn = True
+        conv.steps.append(
+            FlowControllerStep(
+                content=chosen.name,
+                stage_name=self.name,
+                pattern=chosen.name,
+                hint=hint,
+                terminate=terminate,
+                eligible_patterns=eligible,
+                reasoning=reasoning,
+                fallback=fallback,
+            )
+        )

@@ -1,0 +1,60 @@
+"""``lm/scenario``: a 1-3 sentence scenario for the conversation, fitted to the sampled persona."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fms_dgt.config import LMStageOptions
+from fms_dgt.conversation import Conversation, ScenarioStep
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.text import clean_reply, first_sentences
+
+SYSTEM = (
+    "You write short scenarios for simulated chats between a person and an AI assistant. "
+    "A scenario says, in the third person, who the person is, what they want to talk about "
+    "with the assistant, and why."
+)
+
+
+class ScenarioOptions(LMStageOptions):
+    num_icl_examples: int = Field(3, ge=0, description="Seed scenarios shown as examples.")
+    max_attempts: int = Field(3, ge=1, description="Tries before the conversation is dropped.")
+
+
+@register_stage("lm/scenario")
+class ScenarioStage(LMStage):
+    Options = ScenarioOptions
+    options: ScenarioOptions
+    default_max_tokens = 120
+    default_temperature = 0.9
+
+    def setup(self) -> None:
+        self.examples = [c.scenario for c in self.resources.seed_conversations if c.scenario]
+
+    def prompt(self, conv: Conversation, ctx: ConversationContext) -> list[dict[str, str]]:
+        parts = []
+        persona = conv.persona
+        if persona is not None:
+            parts.append(f"The person:\n{persona.content}")
+        k = min(self.options.num_icl_examples, len(self.examples))
+        if k:
+            shown = "\n".join(f"- {s}" for s in ctx.rng.sample(self.examples, k))
+            parts.append(f"Examples of good scenarios (about other people):\n{shown}")
+        fit = " It must fit the person described above." if persona is not None else ""
+        parts.append(
+            "Write one new scenario in 1 to 3 sentences about an everyday topic this person would"
+            f" chat about.{fit} Reply with the scenario only."
+        )
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        messages = self.prompt(conv, ctx)
+        for attempt in range(1, self.options.max_attempts + 1):
+            result = await self.chat(ctx, messages)
+            text = first_sentences(clean_reply(result.text), 3)
+            if len(text) >= 20:
+                conv.steps.append(
+                    ScenarioStep(content=text, stage_name=self.name, metadata=self.provenance(result, attempts=attempt))
+                )
+                return
+        raise DropConversation("scenario_empty")

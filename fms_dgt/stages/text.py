@@ -1,0 +1,76 @@
+"""Small text helpers shared by the LM stages: cleaning replies and rendering transcripts."""
+
+from __future__ import annotations
+
+import re
+
+from fms_dgt.conversation import Conversation
+
+_LABEL = re.compile(
+    r"^\s*(?:\*\*|__)?(?:user|assistant|ai|me|human|you|scenario|message|response|reply)"
+    r"(?:\s*\([^)]*\))?\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*",
+    re.IGNORECASE,
+)
+_QUOTES = ('"', "'", "“", "”", "‘", "’", "`")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def clean_reply(text: str) -> str:
+    """Strip what small models wrap around a reply: role labels, quotes, surrounding space."""
+    text = text.strip()
+    for _ in range(2):
+        text = _LABEL.sub("", text, count=1).strip()
+        if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES and text.count(text[0]) <= 2:
+            text = text[1:-1].strip()
+    return text
+
+
+def first_sentences(text: str, limit: int) -> str:
+    """At most ``limit`` sentences, for replies that run on."""
+    sentences = _SENTENCE_END.split(text.strip())
+    return " ".join(sentences[:limit]).strip()
+
+
+def trim_unfinished(text: str) -> str:
+    """Cut a reply that hit max_tokens back to its last complete sentence, when it has one."""
+    text = text.rstrip()
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    if text.endswith((".", "!", "?")) or cut < 0:
+        return text
+    return text[: cut + 1]
+
+
+def transcript(conv: Conversation, *, max_messages: int = 8, max_chars: int = 400) -> str:
+    """The recent visible chat as 'User: ...' / 'Assistant: ...' lines, for controller prompts."""
+    messages = [m for m in conv.messages() if m["role"] != "system"][-max_messages:]
+    if not messages:
+        return "(The conversation has not started yet.)"
+    lines = []
+    for message in messages:
+        content = " ".join(message["content"].split())
+        if len(content) > max_chars:
+            content = content[: max_chars - 3] + "..."
+        lines.append(f"{message['role'].capitalize()}: {content}")
+    return "\n".join(lines)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def overlap(a: str, b: str) -> float:
+    """Share of the shorter text's distinct words that also appear in the other (0..1)."""
+    wa, wb = set(words(a)), set(words(b))
+    if not wa or not wb:
+        return 0.0
+    return len(wa & wb) / min(len(wa), len(wb))
+
+
+def shares_run(a: str, b: str, n: int) -> bool:
+    """True if ``a`` contains ``n`` consecutive words of ``b`` (copy-paste detection)."""
+    wb = words(b)
+    if len(wb) < n:
+        return False
+    grams = {tuple(wb[i : i + n]) for i in range(len(wb) - n + 1)}
+    wa = words(a)
+    return any(tuple(wa[i : i + n]) in grams for i in range(len(wa) - n + 1))

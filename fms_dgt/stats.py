@@ -1,0 +1,77 @@
+"""Counters for the run summary: LM calls and tokens per stage and engine, drops by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class CallStats:
+    calls: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "failed": self.failed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class RunStats:
+    """Everything counted during one run; plain counters so the hot path stays cheap."""
+
+    per_stage: dict[str, CallStats] = field(default_factory=dict)
+    per_engine: dict[str, CallStats] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
+    rescued: Counter[str] = field(default_factory=Counter)
+    stop_reasons: Counter[str] = field(default_factory=Counter)
+    turns: Counter[int] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    rejected_drafts: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    attempts: int = 0
+
+    def record_call(
+        self, stage: str, engine: str, *, calls: int, prompt: int, completion: int, seconds: float, failed: bool
+    ) -> None:
+        for table, key in ((self.per_stage, stage), (self.per_engine, engine)):
+            stats = table.get(key)
+            if stats is None:
+                stats = table[key] = CallStats()
+            stats.calls += calls
+            stats.failed += failed
+            stats.prompt_tokens += prompt
+            stats.completion_tokens += completion
+            stats.seconds += seconds
+
+    @property
+    def lm_calls(self) -> int:
+        return sum(s.calls for s in self.per_engine.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.prompt_tokens + s.completion_tokens for s in self.per_engine.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "attempts": self.attempts,
+            "dropped": dict(self.dropped),
+            "rescued": dict(self.rescued),
+            "stop_reasons": dict(self.stop_reasons),
+            "turns": {str(k): v for k, v in sorted(self.turns.items())},
+            "flow_controller_fallbacks": dict(self.fallbacks),
+            "rejected_drafts": dict(self.rejected_drafts),
+            "lm_calls": self.lm_calls,
+            "per_stage": {k: v.as_dict() for k, v in self.per_stage.items()},
+            "per_engine": {k: v.as_dict() for k, v in self.per_engine.items()},
+        }
