@@ -1,0 +1,189 @@
+"""Command line: ``python -m fms_dgt.public --task-paths TASK --num-outputs-to-generate N``.
+
+Parses flags, configures logging (only here), runs each task, prints the run summary on stderr
+and returns an exit code: 0 done, 1 runtime failure, 2 bad input, 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from fms_dgt import __version__
+from fms_dgt.errors import ConfigError, DgtError, Problem
+from fms_dgt.loader import EngineOverride, find_task_files, load_task
+from fms_dgt.runner import RunOptions, RunResult, Runner
+
+logger = logging.getLogger("fms_dgt")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m fms_dgt.public",
+        description="Generate synthetic multi-turn conversations from a YAML task file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--task-paths", nargs="+", required=True, metavar="PATH",
+        help="task files, or folders searched for task.yaml",
+    )
+    parser.add_argument(
+        "--num-outputs-to-generate", type=_positive, default=2, metavar="N",
+        help="conversations to keep per task; a resumed run only generates what is missing",
+    )
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="delete the task's earlier output and start over instead of resuming",
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("output"), help="root of the output folders")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (random if not given; recorded)")
+    parser.add_argument(
+        "--concurrency", type=_positive, default=None, metavar="K",
+        help="conversations in flight at once (default: twice the largest engine max_concurrency)",
+    )
+    engine = parser.add_argument_group("engine override (applies to every engine of the task)")
+    engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
+    engine.add_argument("--model", help="model name, catalogue name or GGUF path")
+    engine.add_argument("--base-url", help="server URL (ollama, openai)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
+    parser.add_argument("--debug", action="store_true", help="debug logging, and tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"fms_dgt {__version__}")
+    return parser
+
+
+def configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def format_summary(result: RunResult) -> str:
+    s = result.summary
+    new = s["total"] - s["already_done"]
+    lines = [
+        f"{s['task_name']}: {s['status']}; {s['total']}/{s['requested']} conversations in"
+        f" {result.output_dir} ({new} new, {s['already_done']} from earlier runs) in {s['wall_seconds']:.1f} s",
+    ]
+    if s["turns"]:
+        lines.append("  exchanges per conversation: " + ", ".join(f"{k}: {v}" for k, v in s["turns"].items()))
+    for key in ("dropped", "rescued", "flow_controller_fallbacks", "rejected_drafts"):
+        if s[key]:
+            lines.append(f"  {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in sorted(s[key].items())))
+    if s["per_stage"]:
+        tokens = sum(v["prompt_tokens"] + v["completion_tokens"] for v in s["per_stage"].values())
+        lines.append(f"  LM calls: {s['lm_calls']} ({tokens} tokens); by stage: " + ", ".join(
+            f"{k} {v['calls']}" for k, v in s["per_stage"].items()
+        ))
+    for name, info in s["engines"].items():
+        if info.get("retries"):
+            lines.append(f"  retries on {name}: " + ", ".join(f"{k} {v}" for k, v in info["retries"].items()))
+    if s["error"]:
+        lines.append(f"  error: {s['error']}")
+    return "\n".join(lines)
+
+
+async def _run_all(args: argparse.Namespace, paths: list[Path], override: EngineOverride) -> list[RunResult]:
+    # Load every task first so a typo in the last one fails before the first one starts.
+    tasks = [load_task(p, override) for p in paths]
+    names = [t.config.task_name for t in tasks]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(Problem(f"two task files share the task_name {clash[0]!r}"))
+    results = []
+    for task in tasks:
+        options = RunOptions(
+            num_outputs=args.num_outputs_to_generate,
+            output_dir=args.output_dir,
+            restart=args.restart,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            progress=not args.quiet,
+        )
+        result = await Runner(task, options).run()
+        results.append(result)
+        if not args.quiet:
+            print(format_summary(result), file=sys.stderr)
+        if result.error is not None:
+            break
+    return results
+
+
+def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does. Returns (result, signal exit code)."""
+    received: list[int] = []
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            received.append(143)
+            task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        except (NotImplementedError, RuntimeError):  # not on the main thread, or Windows
+            pass
+        return await coro
+
+    try:
+        return asyncio.run(main()), None
+    except KeyboardInterrupt:
+        return None, 130
+    except asyncio.CancelledError:
+        return None, received[0] if received else 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.debug, args.quiet)
+    override = EngineOverride(type=args.engine, model=args.model, base_url=args.base_url)
+    try:
+        paths = find_task_files(args.task_paths)
+        results, interrupted = _run_with_signals(_run_all(args, paths, override))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DgtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a bug: say so in one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    if interrupted is not None:
+        print("interrupted: every finished conversation is saved; run again to resume", file=sys.stderr)
+        return interrupted
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        print(f"error: {failed[0].error}", file=sys.stderr)
+        return failed[0].error.exit_code if failed[0].error else 1
+    return 0

@@ -1,0 +1,247 @@
+"""Runs a task: many conversations concurrently on one event loop, stopping at exactly N kept.
+
+Each conversation runs the initialization stages once, then the iteration stages once per
+exchange between ``min_turns`` and ``max_turns``, then the termination stages. A conversation
+dropped after ``min_turns`` complete exchanges is kept as of its last complete exchange; one
+dropped earlier is discarded. Every drop is counted with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fms_dgt import __version__
+from fms_dgt.config import LMStageOptions, StageOptions
+from fms_dgt.conversation import Conversation
+from fms_dgt.datafiles import read_jsonl
+from fms_dgt.engines import ENGINES, Engine
+from fms_dgt.errors import DgtError, EngineError
+from fms_dgt.formatters import FORMATTERS
+from fms_dgt.lm_client import LMClient
+from fms_dgt.loader import Task
+from fms_dgt.output import OutputStore
+from fms_dgt.progress import Progress
+from fms_dgt.stages import STAGES, DropConversation, Stage
+from fms_dgt.stages.base import ConversationContext, Resources
+from fms_dgt.stats import RunStats
+
+logger = logging.getLogger(__name__)
+
+# Stop instead of burning through calls when conversations keep failing on the engine.
+MAX_CONSECUTIVE_ENGINE_FAILURES = 10
+
+
+@dataclass
+class RunOptions:
+    num_outputs: int
+    output_dir: Path = Path("output")
+    restart: bool = False
+    seed: int | None = None
+    concurrency: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Outcome:
+    conv: Conversation | None
+    drop_reason: str | None = None
+    engine_error: EngineError | None = None
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    output_dir: Path
+    status: str = "completed"
+    error: DgtError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, task: Task, options: RunOptions, engines: dict[str, Engine] | None = None) -> None:
+        self.task = task
+        self.config = task.config
+        self.options = options
+        self.seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
+        self.stats = RunStats()
+        used = {s.engine for s in self.config.all_stages() if isinstance(s, LMStageOptions)}
+        if engines is None:
+            engines = {
+                name: ENGINES.get(cfg.type)(name, cfg)  # type: ignore[call-arg]
+                for name, cfg in self.config.engines.items()
+                if name in used
+            }
+        self.engines = engines
+        self.lm = LMClient(engines, self.stats) if engines else None
+        self.store = OutputStore(options.output_dir, self.config.task_name, FORMATTERS.get(self.config.formatter.type))
+        seeds = []
+        if self.config.seed_datastore is not None:
+            seeds = read_jsonl(Path(self.config.seed_datastore.data_path), Conversation, what="seed example")
+        self.resources = Resources(task=self.config, lm=self.lm, stats=self.stats, seed_conversations=seeds)
+        self.init_stages = self._build(self.config.initialization_stages)
+        self.iteration_stages = self._build(self.config.iteration_stages)
+        self.termination_stages = self._build(self.config.termination_stages)
+        default_concurrency = 2 * max((e.config.max_concurrency for e in engines.values()), default=4)
+        self.concurrency = options.concurrency or default_concurrency
+
+    def _build(self, specs: list[StageOptions]) -> list[Stage]:
+        stages = []
+        for spec in specs:
+            stage = STAGES.get(spec.name)(spec, self.resources)
+            stage.setup()  # data files are read and checked here, before any LM call
+            stages.append(stage)
+        return stages
+
+    # -- one conversation -------------------------------------------------------------------
+
+    def _rng(self, attempt: int) -> tuple[random.Random, str]:
+        """The conversation's own generator and id: fixed by (seed, attempt), not by timing."""
+        rng = random.Random(f"{self.seed}:{attempt}")
+        return rng, str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    async def run_conversation(self, attempt: int) -> Outcome:
+        rng, conversation_id = self._rng(attempt)
+        conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
+        ctx = ConversationContext(rng=rng)
+        min_turns, max_turns = self.config.min_turns, self.config.max_turns
+        try:
+            for stage in self.init_stages:
+                await stage(conv, ctx)
+            while ctx.turn < max_turns:
+                mark = len(conv.steps)
+                try:
+                    for stage in self.iteration_stages:
+                        await stage(conv, ctx)
+                except DropConversation as drop:
+                    del conv.steps[mark:]  # back to the last complete exchange
+                    if conv.num_turns >= min_turns:
+                        conv.stop_reason = f"rescued:{drop.reason}"
+                        self.stats.rescued[drop.reason] += 1
+                        break
+                    raise
+                conv.num_turns = len(conv.contents("assistant"))
+                ctx.turn += 1
+                if ctx.last_turn:
+                    conv.stop_reason = "flow_controller"
+                    break
+            else:
+                conv.stop_reason = "max_turns"
+            if conv.num_turns < min_turns:
+                raise DropConversation("below_min_turns")
+            for stage in self.termination_stages:
+                await stage(conv, ctx)
+        except DropConversation as drop:
+            return Outcome(None, drop_reason=drop.reason)
+        except EngineError as exc:
+            return Outcome(None, drop_reason="engine_error", engine_error=exc)
+        return Outcome(conv)
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        started_at = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        self.store.open(restart=self.options.restart)
+        before = self.store.count
+        target = self.options.num_outputs
+        status, error = "completed", None
+        progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats)
+        try:
+            if before < target:
+                for engine in self.engines.values():
+                    await engine.check()
+                await self._generate(target, progress)
+        except EngineError as exc:
+            status, error = "failed", exc
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            progress.close()
+            self.store.close()
+            for engine in self.engines.values():
+                await engine.aclose()
+            summary = self._summary(started_at, time.perf_counter() - t0, before, target, status, error)
+            self.store.write_summary(summary)
+        return RunResult(summary=summary, output_dir=self.store.dir, status=status, error=error)
+
+    async def _generate(self, target: int, progress: Progress) -> None:
+        pending: set[asyncio.Task[Outcome]] = set()
+        attempt = 0
+        consecutive_failures = 0
+        try:
+            while self.store.count < target:
+                while len(pending) < self.concurrency and self.store.count + len(pending) < target:
+                    if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
+                        attempt += 1
+                        continue
+                    pending.add(asyncio.create_task(self.run_conversation(attempt)))
+                    attempt += 1
+                    self.stats.attempts += 1
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    outcome = finished.result()
+                    if outcome.conv is None:
+                        assert outcome.drop_reason is not None
+                        self.stats.dropped[outcome.drop_reason] += 1
+                        progress.update(0)
+                        if outcome.engine_error is not None:
+                            consecutive_failures += 1
+                            logger.warning("conversation failed: %s", outcome.engine_error)
+                            if consecutive_failures >= MAX_CONSECUTIVE_ENGINE_FAILURES:
+                                raise EngineError(
+                                    f"stopping: {consecutive_failures} conversations in a row failed on"
+                                    f" the engine; last error: {outcome.engine_error}"
+                                )
+                        continue
+                    consecutive_failures = 0
+                    conv = outcome.conv
+                    self.store.append(conv)
+                    self.stats.accepted += 1
+                    self.stats.stop_reasons[conv.stop_reason or "unknown"] += 1
+                    self.stats.turns[conv.num_turns] += 1
+                    progress.update(1)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _summary(
+        self,
+        started_at: datetime,
+        wall: float,
+        before: int,
+        target: int,
+        status: str,
+        error: DgtError | None,
+    ) -> dict[str, Any]:
+        engines = {name: engine.describe() for name, engine in self.engines.items()}
+        for name, engine in self.engines.items():
+            engines[name]["retries"] = dict(engine.retry_reasons)
+        return {
+            "task_name": self.config.task_name,
+            "task_file": str(self.task.path),
+            "task_sha256": self.task.sha256,
+            "fms_dgt_version": __version__,
+            "status": status,
+            "error": str(error) if error else None,
+            "seed": self.seed,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(wall, 3),
+            "requested": target,
+            "already_done": before,
+            "total": self.store.count,
+            "concurrency": self.concurrency,
+            "engines": engines,
+            **self.stats.as_dict(),
+        }
