@@ -1,0 +1,112 @@
+"""Shared helpers: write small task and data files, and run tasks on a scripted engine."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHIT_CHAT = REPO / "tasks/public/examples/chit_chat/task.yaml"
+
+PERSONAS = [
+    {"role": "retired teacher", "expertise": "beginner", "domain": "gardening", "goals": ["grow tomatoes"]},
+    {"role": "night-shift nurse", "domain": "sleep", "personality": {"neuroticism": 0.6}},
+    {"role": "student", "style_override": "writes in lowercase"},
+]
+
+PATTERNS = [
+    {"name": "new_topic", "description": "Open a topic.", "hint": "Bring up a topic.", "weight": 0.3},
+    {"name": "follow_up", "description": "Dig deeper.", "hint": "Ask a follow-up.", "weight": 0.6},
+    {"name": "end", "description": "Say goodbye.", "hint": "Say goodbye.", "weight": 0.1},
+]
+
+
+def task_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A small valid task, as a dict, with its persona file written under ``tmp_path``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    personas = tmp_path / "personas.jsonl"
+    if not personas.exists():
+        personas.write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
+    task: dict[str, Any] = {
+        "task_name": "tests/small",
+        "min_turns": 2,
+        "max_turns": 4,
+        "engines": {"default": {"type": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}},
+        "initialization_stages": [
+            {"name": "sample/persona", "persona_store": {"data_path": str(personas)}},
+            {"name": "lm/scenario"},
+        ],
+        "iteration_stages": [
+            {
+                "name": "lm/flow_controller",
+                "patterns": copy.deepcopy(PATTERNS),
+                "termination_patterns": ["end"],
+                "opening_patterns": ["new_topic"],
+            },
+            {"name": "lm/user/guided"},
+            {"name": "lm/assistant/naive"},
+        ],
+    }
+    task.update(overrides)
+    return task
+
+
+def write_task(tmp_path: Path, data: dict[str, Any] | str, name: str = "task.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def small_task(tmp_path: Path) -> Path:
+    return write_task(tmp_path, task_dict(tmp_path))
+
+
+USER_LINES = [
+    "my tomato leaves have brown spots, what could that be?",
+    "we had loads of rain last week, does that matter?",
+    "i think copper spray sounds harsh, what do you reckon?",
+    "sorry, what do you mean by crop rotation exactly?",
+    "thanks a lot, i'll try mulching this weekend, bye!",
+    "how often should i water them in july?",
+    "is it worth growing basil next to them?",
+]
+ASSISTANT_LINES = [
+    "Brown spots are often early blight, a fungal disease.",
+    "Yes, wet leaves help fungi spread, so water at the base.",
+    "Copper is allowed in organic gardening but use it sparingly.",
+    "Crop rotation means planting tomatoes in a new bed each year.",
+    "Good luck with the mulching, enjoy your garden!",
+    "About twice a week, deeply, depending on the soil.",
+    "Basil is a classic companion plant and may deter pests.",
+]
+
+
+class ChitChatResponder:
+    """Plausible replies for each chit-chat stage, told apart by their prompts."""
+
+    def __init__(self, eligible: list[str] | None = None) -> None:
+        self.eligible = eligible
+        self.user_count = 0
+        self.assistant_count = 0
+
+    def __call__(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, params: dict[str, Any]) -> Any:
+        system = messages[0]["content"]
+        if schema is not None and "eligible_patterns" in schema.get("properties", {}):
+            names = schema["properties"]["eligible_patterns"]["items"]["enum"]
+            chosen = [n for n in names if self.eligible is None or n in self.eligible] or names
+            return {"reasoning": "these fit", "eligible_patterns": chosen}
+        if schema is not None:
+            return {"hint": "Ask about the brown spots on the leaves."}
+        if system.startswith("You write short scenarios"):
+            return "A retired teacher wants to chat about saving her tomato plants from blight."
+        if system.startswith("You are role-playing"):
+            self.user_count += 1
+            return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"
+        self.assistant_count += 1
+        return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count})"
