@@ -104,7 +104,8 @@ class ChitChatResponder:
         if schema is not None:
             return {"hint": "Ask about the brown spots on the leaves."}
         if system.startswith("You write short scenarios"):
-            return "A retired teacher wants to chat about saving her tomato plants from blight."
+            role = messages[-1]["content"].split("Begin with 'A ")[1].split("'")[0]
+            return f"A {role} wants to chat about saving some tomato plants from blight."
         if system.startswith("You are role-playing"):
             self.user_count += 1
             return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"

@@ -134,12 +134,12 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
 
 
 async def test_drop_in_initialization_is_discarded(tmp_path: Path) -> None:
-    replies = iter(["", "", "", "A teacher wants to chat about tomatoes and rain in her garden."])
+    replies = iter(["", "", "", "A retired teacher wants to chat about tomatoes and rain in her garden."])
     inner = ChitChatResponder()
 
     def responder(messages: list[dict[str, str]], schema: Any, params: Any) -> Any:
         if messages[0]["content"].startswith("You write short scenarios"):
-            return next(replies, "A student asks about the planets and how big they are.")
+            return next(replies, "A retired teacher, a night-shift nurse or a student asks about the planets.")
         return inner(messages, schema, params)
 
     runner = make_runner(tmp_path, ScriptedEngine(responder=responder), 1)

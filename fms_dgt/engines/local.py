@@ -66,8 +66,11 @@ class LocalEngine(Engine):
         params.n_parallel = slots
         params.n_ctx = self.config.context_per_slot * slots
         threads = self.config.threads or os.cpu_count() or 2
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
+        for cpu in (params.cpuparams, params.cpuparams_batch):
+            cpu.n_threads = threads
+            # No busy-waiting between ops: spinning threads collapse throughput as soon as
+            # anything else wants a core (a second process, the event loop, the OS).
+            cpu.poll = 0
         params.verbosity = -1
         params.port = 0  # the library also serves HTTP on 127.0.0.1; a free port avoids clashes
         try:

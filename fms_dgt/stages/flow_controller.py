@@ -158,7 +158,11 @@ class FlowControllerStage(LMStage):
             result = await self.chat(ctx, messages, schema=Hint, temperature=0.7)
         except StructuredOutputError:
             return template, "invalid_hint_json"
-        return result.parsed.hint.strip(), None
+        hint = result.parsed.hint.strip()
+        if hint.endswith("?") or not hint[:1].isupper():
+            # A question is the model writing the message itself (or asking the assistant).
+            return template, "hint_not_an_instruction"
+        return hint, None
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         offered, ask = self.offered(ctx)

@@ -7,7 +7,7 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, ScenarioStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, first_sentences
+from fms_dgt.stages.text import clean_reply, first_sentences, words
 
 SYSTEM = (
     "You write short scenarios for simulated chats between a person and an AI assistant. "
@@ -40,19 +40,31 @@ class ScenarioStage(LMStage):
         if k:
             shown = "\n".join(f"- {s}" for s in ctx.rng.sample(self.examples, k))
             parts.append(f"Examples of good scenarios (about other people):\n{shown}")
-        fit = " It must fit the person described above." if persona is not None else ""
+        start = f" Begin with 'A {persona.persona.role}'." if persona is not None else ""
         parts.append(
-            "Write one new scenario in 1 to 3 sentences about an everyday topic this person would"
-            f" chat about.{fit} Reply with the scenario only."
+            "Write one new scenario for this person: 1 to 3 sentences saying what they want to talk"
+            f" about with the AI assistant and why, about an everyday topic that fits them.{start}"
+            " Write a description, not a dialogue. Reply with the scenario only."
         )
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+    @staticmethod
+    def acceptable(text: str, conv: Conversation) -> bool:
+        """Long enough, not a dialogue, and about the sampled persona (names its role)."""
+        if len(text) < 20 or '"' in text or ":" in text[:40]:
+            return False
+        persona = conv.persona
+        if persona is None:
+            return True
+        role_words = {w for w in words(persona.persona.role) if len(w) > 3} or set(words(persona.persona.role))
+        return bool(role_words & set(words(text)))
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         messages = self.prompt(conv, ctx)
         for attempt in range(1, self.options.max_attempts + 1):
             result = await self.chat(ctx, messages)
-            text = first_sentences(clean_reply(result.text), 3)
-            if len(text) >= 20:
+            text = first_sentences(clean_reply(result.text).split("\n")[0], 3)
+            if self.acceptable(text, conv):
                 conv.steps.append(
                     ScenarioStep(content=text, stage_name=self.name, metadata=self.provenance(result, attempts=attempt))
                 )

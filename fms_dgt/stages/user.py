@@ -22,11 +22,13 @@ from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_ru
 _ASSISTANT_VOICE = re.compile(
     r"\b(how (can|may) i (help|assist)|i('d| would) be (happy|glad) to help|as an ai\b|"
     r"i('m| am) an ai\b|language model|is there anything else|feel free to ask|"
-    r"let me know if you (have|need)|happy to assist|great question)",
+    r"let me know if you (have|need)|happy to assist|great question|ready to help|"
+    r"what do you need help with|how can i be of)",
     re.IGNORECASE,
 )
 
-OPENING = "Hi! What would you like to talk about today?"
+# Before the first message there is no assistant turn to answer; this direction takes its place.
+OPENING = "(Stage direction, not part of the chat: {hint} Now write your first message to the assistant.)"
 
 
 class UserOptions(LMStageOptions):
@@ -34,7 +36,7 @@ class UserOptions(LMStageOptions):
     max_sentences: int = Field(4, ge=1, description="Longer drafts are cut to this many sentences.")
 
 
-def system_prompt(conv: Conversation, hint: str, closing: bool) -> str:
+def system_prompt(conv: Conversation, hint: str | None, closing: bool) -> str:
     persona = conv.persona
     who = persona.content if persona else "An ordinary person."
     ending = (
@@ -42,20 +44,24 @@ def system_prompt(conv: Conversation, hint: str, closing: bool) -> str:
         if closing
         else ""
     )
+    instruction = f"What to do in your next message: {hint}{ending}\n\n" if hint else ""
     return (
         "You are role-playing a human who is chatting with an AI assistant. You are the human,"
         " not the assistant: you never offer help and you never answer your own questions.\n\n"
         f"Who you are:\n{who}\n\n"
         f"Your situation: {conv.scenario or 'You are chatting casually.'}\n\n"
-        f"What to do in your next message: {hint}{ending}\n\n"
+        f"{instruction}"
         "Write only your next message, in the first person and in your own voice: 1 to 3 short"
         " sentences of plain text, with no quotation marks and no name or role label. Do not"
         " copy the description of your situation."
     )
 
 
-def swapped_history(conv: Conversation) -> list[dict[str, str]]:
-    """The chat so far with roles swapped, ending with the assistant's last reply as ``user``."""
+def swapped_history(conv: Conversation, hint: str) -> list[dict[str, str]]:
+    """The chat so far with roles swapped, ending with the assistant's last reply as ``user``.
+
+    For the first message, a stage direction carrying the hint stands in for that reply.
+    """
     swap = {"user": "assistant", "assistant": "user"}
     history = [
         {"role": swap[m["role"]], "content": m["content"]}
@@ -63,7 +69,7 @@ def swapped_history(conv: Conversation) -> list[dict[str, str]]:
         if m["role"] in swap
     ]
     if not history:
-        history = [{"role": "user", "content": OPENING}]
+        history = [{"role": "user", "content": OPENING.format(hint=hint)}]
     return history
 
 
@@ -76,7 +82,7 @@ def rejection(draft: str, conv: Conversation) -> str | None:
     for earlier in conv.contents("user"):
         if overlap(draft, earlier) > 0.8:
             return "repeats_itself"
-    last_reply = conv.contents("assistant")[-1:] 
+    last_reply = conv.contents("assistant")[-1:]
     if last_reply and (overlap(draft, last_reply[0]) > 0.8 or shares_run(draft, last_reply[0], 10)):
         return "echoes_assistant"
     if conv.scenario and shares_run(draft, conv.scenario, 7):
@@ -94,9 +100,11 @@ class UserStage(LMStage):
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         step = conv.last("flow_controller")
         hint = step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
+        first = not conv.contents("assistant")
         messages = [
-            {"role": "system", "content": system_prompt(conv, hint, ctx.last_turn)},
-            *swapped_history(conv),
+            # The first message's hint travels in the opening direction instead.
+            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn)},
+            *swapped_history(conv, hint),
         ]
         rejected: list[dict[str, Any]] = []
         for attempt in range(1, self.options.max_attempts + 1):

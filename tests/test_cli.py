@@ -1,0 +1,155 @@
+"""The command line: exit codes, one-line errors without tracebacks, and a real run over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CHIT_CHAT, REPO, task_dict, write_task
+from fms_dgt.cli import main
+from fms_dgt.testing.lm_server import LMServer
+
+TOPICS = ["rain", "soil", "basil", "compost", "frost", "slugs", "mulch", "seeds", "sunlight", "pruning", "bees", "weeds"]
+
+
+def varied_reply() -> Any:
+    """Distinct, plausible text per request, with scenarios that name the sampled persona."""
+    counter = itertools.count()
+
+    def reply(body: dict[str, Any]) -> str:
+        n = next(counter)
+        last = body["messages"][-1]["content"]
+        if "Begin with 'A " in last:
+            role = last.split("Begin with 'A ")[1].split("'")[0]
+            return f"A {role} wants to chat about {TOPICS[n % len(TOPICS)]} in the garden this spring."
+        a, b, c = (TOPICS[(n * 7 + k) % len(TOPICS)] for k in (0, 3, 5))
+        return f"Thinking about {a} number {n}, what about {b} and {c} for case {n * 13}?"
+
+    return reply
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_cli("--help")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--task-paths", "--num-outputs-to-generate", "--restart", "--output-dir", "--seed", "--debug",
+                 "--concurrency", "--engine", "--model", "--base-url", "--quiet"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("args", [["--num-outputs-to-generate", "0"], ["--num-outputs-to-generate", "-3"], ["--bogus"], ["--engine", "vllm"]])
+def test_bad_flags_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_cli("--task-paths", str(CHIT_CHAT), *args)
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_bad_task_file_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_task(tmp_path, task_dict(tmp_path, min_turns=3, max_turns=2))
+    assert run_cli("--task-paths", str(path), "--output-dir", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}:" in err and "max_turns" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_missing_task_path_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("--task-paths", str(tmp_path / "missing.yaml")) == 2
+    assert "task file or folder not found" in capsys.readouterr().err
+
+
+def test_bad_persona_file_exit_2_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_task(tmp_path, task_dict(tmp_path))
+    (tmp_path / "personas.jsonl").write_text('{"role": "a"}\n{"goals": []}\n')
+    assert run_cli("--task-paths", str(path), "--output-dir", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "personas.jsonl:2: role: required key is missing" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_seed_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_task(tmp_path, task_dict(tmp_path, seed_datastore={"type": "default", "data_path": str(tmp_path / "nope.jsonl")}))
+    assert run_cli("--task-paths", str(path), "--output-dir", str(tmp_path / "out")) == 2
+    assert "nope.jsonl: seed example file not found" in capsys.readouterr().err
+
+
+def test_unwritable_output_dir_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = write_task(tmp_path, task_dict(tmp_path))
+    assert run_cli("--task-paths", str(path), "--output-dir", str(blocker)) == 2
+    assert "cannot write the output folder" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_with_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    code = run_cli("--task-paths", str(CHIT_CHAT), "--output-dir", str(tmp_path), "--engine", "openai",
+                   "--model", "m", "--base-url", url, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "server unreachable" in err and url in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("engine", ["openai", "ollama"])
+def test_chit_chat_end_to_end_over_http(tmp_path: Path, engine: str) -> None:
+    """The real example task through the CLI against a server on 127.0.0.1 speaking each API."""
+    with LMServer(reply=varied_reply()) as server:
+        base_url, model, path = {
+            "openai": (server.url + "/v1", "sim-model", "/v1/chat/completions"),
+            "ollama": (server.url, "granite4:3b", "/api/chat"),
+        }[engine]
+        code = run_cli(
+            "--task-paths", str(CHIT_CHAT.parent), "--num-outputs-to-generate", "6", "--restart",
+            "--output-dir", str(tmp_path), "--engine", engine, "--model", model,
+            "--base-url", base_url, "--seed", "3", "--quiet",
+        )
+        assert code == 0
+        bodies = [r["body"] for r in server.requests if r["path"] == path]
+    out = tmp_path / "public/examples/chit_chat"
+    final = [json.loads(line) for line in (out / "final_data.jsonl").read_text().splitlines()]
+    formatted = [json.loads(line) for line in (out / "formatted_output.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert len(final) == len(formatted) == 6 == summary["total"]
+    assert len({r["conversation_id"] for r in final}) == 6
+    for record, example in zip(final, formatted):
+        assert record["task_name"] == "public/examples/chit_chat"
+        roles = [m["role"] for m in example["messages"]]
+        assert roles[0] == "user" and roles[-1] == "assistant" and len(roles) == 2 * record["num_turns"]
+        assert 2 <= record["num_turns"] <= 4
+        assert record["steps"][0]["persona"]["role"] and record["steps"][1]["role"] == "scenario"
+        last_fc = [s for s in record["steps"] if s["role"] == "flow_controller"][-1]
+        if record["stop_reason"] == "flow_controller":
+            assert last_fc["terminate"] and last_fc["pattern"] == "chit_chat/termination"
+    # every request carried the stage's token cap; structured calls carried a JSON schema
+    if engine == "openai":
+        assert all(b["max_tokens"] >= 1 for b in bodies)
+        assert any(b.get("response_format", {}).get("type") == "json_schema" for b in bodies)
+    else:
+        assert all(b["options"]["num_predict"] >= 1 for b in bodies)
+        assert any(isinstance(b.get("format"), dict) for b in bodies)
+    assert all(b["model"] == model for b in bodies)
+    assert summary["engines"]["default"]["type"] == engine and summary["lm_calls"] == len(bodies)
+
+
+def test_module_entry_points_run() -> None:
+    for module in ("fms_dgt", "fms_dgt.public"):
+        result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0 and "fms_dgt" in result.stdout

@@ -1,0 +1,296 @@
+"""Each stage on its own: prompts hold what they must, replies are parsed, fallbacks work."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import task_dict, write_task
+from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep, Persona, PersonaStep, ScenarioStep
+from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.errors import ConfigError
+from fms_dgt.lm_client import LMClient
+from fms_dgt.loader import load_task
+from fms_dgt.stages.assistant import AssistantStage
+from fms_dgt.stages.base import ConversationContext, DropConversation, Resources
+from fms_dgt.stages.flow_controller import FlowControllerStage
+from fms_dgt.stages.persona import PersonaStage, render_persona
+from fms_dgt.stages.scenario import ScenarioStage
+from fms_dgt.stages.user import UserStage, rejection
+from fms_dgt.stats import RunStats
+
+PERSONA = Persona(role="retired teacher", expertise="beginner", domain="gardening", goals=["grow tomatoes"])
+SCENARIO = "A retired teacher wants to save her tomato plants from blight before the summer fair."
+
+
+def resources(tmp_path: Path, engine: ScriptedEngine, **task: Any) -> Resources:
+    config = load_task(write_task(tmp_path, task_dict(tmp_path, **task))).config
+    stats = RunStats()
+    return Resources(task=config, lm=LMClient({"default": engine}, stats), stats=stats)
+
+
+def stage_options(res: Resources, name: str) -> Any:
+    return next(s for s in res.task.all_stages() if s.name == name)
+
+
+def conversation(*exchanges: tuple[str, str]) -> Conversation:
+    conv = Conversation(task_name="t", conversation_id="c1")
+    conv.steps.append(PersonaStep(content=render_persona(PERSONA), persona=PERSONA))
+    conv.steps.append(ScenarioStep(content=SCENARIO))
+    for user, assistant in exchanges:
+        conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Ask more."))
+        conv.steps.append(MessageStep(role="user", content=user))
+        conv.steps.append(MessageStep(role="assistant", content=assistant))
+    return conv
+
+
+def test_render_persona_includes_traits_and_style() -> None:
+    persona = Persona.model_validate(
+        {"role": "nurse", "goals": ["sleep", "eat well"], "personality": {"agreeableness": -0.8, "extraversion": 0.1},
+         "style_override": "terse"}
+    )
+    text = render_persona(persona)
+    assert "Role: nurse." in text and "Goals: sleep; eat well." in text
+    assert "sceptical and blunt" in text and "chatty" not in text and "reserved" not in text
+    assert "Writing style: terse." in text
+
+
+async def test_persona_stage_samples_from_file(tmp_path: Path) -> None:
+    res = resources(tmp_path, ScriptedEngine())
+    stage = PersonaStage(stage_options(res, "sample/persona"), res)
+    stage.setup()
+    seen = Counter()
+    for seed in range(300):
+        conv = Conversation(task_name="t", conversation_id=str(seed))
+        await stage(conv, ConversationContext(rng=random.Random(seed)))
+        seen[conv.persona.persona.role] += 1  # type: ignore[union-attr]
+    assert set(seen) == {"retired teacher", "night-shift nurse", "student"}
+    assert min(seen.values()) > 60
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "has no records"),
+        ('{"role": "a"}\nnot json\n', ":2: not valid JSON"),
+        ('{"expertise": "x"}\n', ":1: role: required key is missing"),
+        ('{"role": "a", "personality": {"openness": 3}}\n', ":1: personality.openness"),
+        ('{"role": "a", "rol": "b"}\n', ":1: rol: unknown key"),
+    ],
+    ids=["empty", "not-json", "no-role", "out-of-range", "typo"],
+)
+def test_bad_persona_file(tmp_path: Path, content: str, message: str) -> None:
+    res = resources(tmp_path, ScriptedEngine())
+    (tmp_path / "personas.jsonl").write_text(content)
+    stage = PersonaStage(stage_options(res, "sample/persona"), res)
+    with pytest.raises(ConfigError) as info:
+        stage.setup()
+    assert message in str(info.value) and "personas.jsonl" in str(info.value)
+
+
+async def test_scenario_prompt_sees_persona_and_examples(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=['"A retired teacher wants to talk about tomatoes."'])
+    res = resources(tmp_path, engine)
+    res.seed_conversations = [Conversation(task_name="t", conversation_id="s", steps=[ScenarioStep(content="A baker asks about rye.")])]
+    stage = ScenarioStage(stage_options(res, "lm/scenario"), res)
+    stage.setup()
+    conv = Conversation(task_name="t", conversation_id="c")
+    conv.steps.append(PersonaStep(content=render_persona(PERSONA), persona=PERSONA))
+    await stage(conv, ConversationContext(rng=random.Random(0)))
+    prompt = engine.calls[0].messages[-1]["content"]
+    assert "Role: retired teacher." in prompt and "A baker asks about rye." in prompt
+    assert conv.scenario == "A retired teacher wants to talk about tomatoes."  # quotes stripped
+    assert engine.calls[0].params["max_tokens"] == 120
+
+
+async def test_scenario_that_ignores_the_persona_is_rejected(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["A young pilot wants to learn about jets."] * 3)
+    res = resources(tmp_path, engine)
+    stage = ScenarioStage(stage_options(res, "lm/scenario"), res)
+    stage.setup()
+    conv = Conversation(task_name="t", conversation_id="c")
+    conv.steps.append(PersonaStep(content=render_persona(PERSONA), persona=PERSONA))
+    with pytest.raises(DropConversation, match="scenario_empty"):
+        await stage(conv, ConversationContext(rng=random.Random(0)))
+    assert len(engine.calls) == 3
+
+
+def eligibility(names: list[str]) -> dict[str, Any]:
+    return {"reasoning": "ok", "eligible_patterns": names}
+
+
+async def test_flow_controller_samples_by_weight_among_eligible(tmp_path: Path) -> None:
+    engine = ScriptedEngine(
+        responder=lambda m, schema, p: eligibility(["new_topic", "follow_up"]) if "eligible_patterns" in schema["properties"] else {"hint": "Ask about rain."}
+    )
+    res = resources(tmp_path, engine)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    chosen = Counter()
+    for seed in range(2000):
+        conv = conversation(("hi", "hello"))
+        await stage(conv, ConversationContext(rng=random.Random(seed), turn=1))
+        chosen[conv.steps[-1].pattern] += 1  # type: ignore[union-attr]
+    # weights 0.3 and 0.6 among the two eligible: expect 1/3 and 2/3
+    assert set(chosen) == {"new_topic", "follow_up"}
+    assert abs(chosen["follow_up"] / 2000 - 2 / 3) < 0.04
+
+
+async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"hint": "Ask how often to water."}])
+    res = resources(tmp_path, engine, min_turns=3)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    conv = conversation(("my tomatoes have spots", "Probably blight."))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    prompt = engine.calls[0].messages[-1]["content"]
+    assert SCENARIO in prompt and "User: my tomatoes have spots" in prompt and "Assistant: Probably blight." in prompt
+    assert "- follow_up: Dig deeper." in prompt
+    # exchange 2 cannot be the last when min_turns is 3: ending is not offered: the schema only allows the other names
+    assert engine.calls[0].schema["properties"]["eligible_patterns"]["items"]["enum"] == ["new_topic", "follow_up"]
+    step = conv.steps[-1]
+    assert isinstance(step, FlowControllerStep)
+    assert (step.pattern, step.hint, step.terminate, step.fallback) == ("follow_up", "Ask how often to water.", False, None)
+    assert "Template instruction: Ask a follow-up." in engine.calls[1].messages[-1]["content"]
+
+
+async def test_flow_controller_bad_json_falls_back_and_is_recorded(tmp_path: Path) -> None:
+    engine = ScriptedEngine(responder=lambda m, s, p: "not json at all")
+    res = resources(tmp_path, engine)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    conv = conversation(("a", "b"), ("c", "d"))
+    await stage(conv, ConversationContext(rng=random.Random(3), turn=2))
+    step = conv.steps[-1]
+    assert isinstance(step, FlowControllerStep)
+    assert step.fallback == "invalid_eligibility_json"
+    assert step.eligible_patterns == ["new_topic", "follow_up", "end"]
+    assert step.hint in {"Bring up a topic.", "Ask a follow-up.", "Say goodbye."}  # template hint
+    assert res.stats.fallbacks["invalid_eligibility_json"] == 1
+    # 1 + structured_retries (2) calls for eligibility, and again for the hint
+    assert len(engine.calls) == 6
+
+
+async def test_flow_controller_question_hint_falls_back_to_template(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"hint": "What kind of soil do you use?"}])
+    res = resources(tmp_path, engine)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    conv = conversation(("a", "b"))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    assert conv.steps[-1].hint == "Ask a follow-up."  # type: ignore[union-attr]
+    assert conv.steps[-1].fallback == "hint_not_an_instruction"  # type: ignore[union-attr]
+
+
+async def test_flow_controller_termination_marks_last_turn(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=[eligibility(["end"]), {"hint": "Say thanks and goodbye."}])
+    res = resources(tmp_path, engine)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    ctx = ConversationContext(rng=random.Random(0), turn=2)
+    conv = conversation(("a", "b"), ("c", "d"))
+    await stage(conv, ctx)
+    assert conv.steps[-1].terminate and ctx.last_turn  # type: ignore[union-attr]
+
+
+async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=[{"hint": "Say goodbye warmly."}])
+    res = resources(tmp_path, engine)
+    stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
+    stage.setup()
+    ctx = ConversationContext(rng=random.Random(0), turn=3)  # max_turns 4
+    conv = conversation(("a", "b"), ("c", "d"), ("e", "f"))
+    await stage(conv, ctx)
+    assert conv.steps[-1].pattern == "end" and ctx.last_turn  # type: ignore[union-attr]
+    assert len(engine.calls) == 1  # only the hint
+
+
+async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\""])
+    res = resources(tmp_path, engine)
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    conv = conversation(("my tomatoes have spots", "Probably early blight."))
+    conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Mention the recent rain."))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    call = engine.calls[0]
+    system = call.messages[0]["content"]
+    assert "Role: retired teacher." in system and SCENARIO in system and "Mention the recent rain." in system
+    assert [m["role"] for m in call.messages[1:]] == ["assistant", "user"]
+    assert call.messages[1]["content"] == "my tomatoes have spots"
+    assert call.messages[2]["content"] == "Probably early blight."
+    assert conv.steps[-1].content == "we had loads of rain, does that matter?"  # label and quotes stripped
+
+
+async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots"])
+    res = resources(tmp_path, engine)
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    conv = conversation()
+    conv.steps.append(FlowControllerStep(content="new_topic", pattern="new_topic", hint="Ask about leaf spots."))
+    await stage(conv, ConversationContext(rng=random.Random(0)))
+    messages = engine.calls[0].messages
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "Ask about leaf spots." in messages[1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("draft", "reason"),
+    [
+        ("How can I help you today?", "sounds_like_assistant"),
+        ("my tomatoes have spots!", "repeats_itself"),
+        ("Probably early blight, a fungal disease.", "echoes_assistant"),
+        ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),
+        ("", "empty"),
+        ("ok, should I cut the spotted leaves off?", None),
+    ],
+)
+def test_user_draft_rejections(draft: str, reason: str | None) -> None:
+    conv = conversation(("my tomatoes have spots", "Probably early blight, a fungal disease."))
+    assert rejection(draft, conv) == reason
+
+
+async def test_user_retries_bad_drafts_then_drops(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["How can I assist you today?"] * 3)
+    res = resources(tmp_path, engine)
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    conv = conversation(("a question", "an answer"))
+    with pytest.raises(DropConversation, match="user_sounds_like_assistant"):
+        await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    temps = [c.params["temperature"] for c in engine.calls]
+    assert temps == sorted(temps) and temps[0] < temps[-1]
+
+
+async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["Assistant: Water at the base of the plant."])
+    res = resources(tmp_path, engine)
+    stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
+    conv = conversation(("spots?", "Blight."))
+    conv.steps.append(MessageStep(role="user", content="what now?"))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    sent = engine.calls[0].messages
+    text = " ".join(m["content"] for m in sent)
+    assert SCENARIO not in text and "retired teacher" not in text
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert conv.steps[-1].content == "Water at the base of the plant."
+    assert conv.steps[-1].metadata["engine"] == "default"
+
+
+async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    engine.responder = None
+    res = resources(tmp_path, engine)
+    stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
+    from fms_dgt.engines.base import ChatResult
+
+    async def send(*args: Any) -> ChatResult:
+        return ChatResult("First sentence. Second one is cut", finish_reason="length")
+
+    engine._send = send  # type: ignore[method-assign]
+    conv = conversation()
+    conv.steps.append(MessageStep(role="user", content="hi"))
+    await stage(conv, ConversationContext(rng=random.Random(0)))
+    assert conv.steps[-1].content == "First sentence."
