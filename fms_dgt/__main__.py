@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from fms_dgt.cli import run
 
-from fms_dgt.cli import main
-
-sys.exit(main())
+run()

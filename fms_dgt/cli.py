@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -187,3 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failed[0].error}", file=sys.stderr)
         return failed[0].error.exit_code if failed[0].error else 1
     return 0
+
+
+def run() -> None:
+    """Process entry point. After an interruption, exit at once: the output is already closed
+    and synced, and an embedded-model request still running in a worker thread cannot be
+    cancelled, only abandoned."""
+    code = main()
+    if code in (130, 143):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

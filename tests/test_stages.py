@@ -186,6 +186,18 @@ async def test_flow_controller_question_hint_falls_back_to_template(tmp_path: Pa
     assert conv.steps[-1].fallback == "hint_not_an_instruction"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("hint", "ok"),
+    [("Ask how the rain affected the leaves.", True), ("Thank the assistant and say goodbye.", True),
+     ("What kind of soil do you use?", False), ("Let's talk about other topics.", False),
+     ("I love sourdough!", False)],
+)
+def test_adapted_hint_must_be_an_instruction(hint: str, ok: bool) -> None:
+    from fms_dgt.stages.flow_controller import _is_instruction
+
+    assert _is_instruction(hint) is ok
+
+
 async def test_flow_controller_termination_marks_last_turn(tmp_path: Path) -> None:
     engine = ScriptedEngine(replies=[eligibility(["end"]), {"hint": "Say thanks and goodbye."}])
     res = resources(tmp_path, engine)
@@ -213,6 +225,7 @@ async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_pat
     engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\""])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Mention the recent rain."))
     await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
@@ -229,18 +242,34 @@ async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> 
     engine = ScriptedEngine(replies=["hi, my tomato leaves have spots"])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
     conv = conversation()
     conv.steps.append(FlowControllerStep(content="new_topic", pattern="new_topic", hint="Ask about leaf spots."))
     await stage(conv, ConversationContext(rng=random.Random(0)))
     messages = engine.calls[0].messages
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "Ask about leaf spots." in messages[1]["content"]
+    assert "You are a retired teacher." in messages[1]["content"]
+
+
+async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots"])
+    res = resources(tmp_path, engine)
+    seed = Conversation(task_name="t", conversation_id="s", steps=[MessageStep(role="user", content="ugh my sourdough died again")])
+    res.seed_conversations = [seed]
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
+    conv = conversation()
+    conv.steps.append(FlowControllerStep(content="new_topic", pattern="new_topic", hint="Ask about leaf spots."))
+    await stage(conv, ConversationContext(rng=random.Random(0)))
+    assert "- ugh my sourdough died again" in engine.calls[0].messages[0]["content"]
 
 
 @pytest.mark.parametrize(
     ("draft", "reason"),
     [
         ("How can I help you today?", "sounds_like_assistant"),
+        ("Sure, let's start with the basics.", "sounds_like_assistant"),
         ("my tomatoes have spots!", "repeats_itself"),
         ("Probably early blight, a fungal disease.", "echoes_assistant"),
         ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),
@@ -253,10 +282,25 @@ def test_user_draft_rejections(draft: str, reason: str | None) -> None:
     assert rejection(draft, conv) == reason
 
 
+async def test_user_closing_message_gets_direction_and_must_not_ask(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["thanks! one more thing, what about basil?", "thanks, that helps a lot, bye!"])
+    res = resources(tmp_path, engine)
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
+    conv = conversation(("spots?", "Blight."))
+    conv.steps.append(FlowControllerStep(content="end", pattern="end", hint="Say goodbye.", terminate=True))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1, last_turn=True))
+    last = engine.calls[0].messages[-1]
+    assert last["role"] == "user" and last["content"].startswith("Blight.") and "this is your last message" in last["content"]
+    assert conv.steps[-1].content == "thanks, that helps a lot, bye!"
+    assert conv.steps[-1].metadata["rejected"][0]["reason"] == "closing_asks_question"
+
+
 async def test_user_retries_bad_drafts_then_drops(tmp_path: Path) -> None:
     engine = ScriptedEngine(replies=["How can I assist you today?"] * 3)
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
     conv = conversation(("a question", "an answer"))
     with pytest.raises(DropConversation, match="user_sounds_like_assistant"):
         await stage(conv, ConversationContext(rng=random.Random(0), turn=1))

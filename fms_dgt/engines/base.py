@@ -134,7 +134,8 @@ class Engine(ABC):
                     return result
         except EngineError as exc:
             if attempt_number > 1 or exc.retryable:
-                raise self.error(f"gave up after {attempt_number} attempts: {exc.cause}") from exc
+                plural = "s" if attempt_number > 1 else ""
+                raise self.error(f"gave up after {attempt_number} attempt{plural}: {exc.cause}") from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 

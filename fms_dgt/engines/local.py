@@ -25,6 +25,8 @@ class LocalConfig(EngineConfig):
         f" default {local_models.DEFAULT_MODEL}.",
     )
     max_concurrency: int = Field(4, ge=1, description="llama.cpp slots decoded together (n_parallel).")
+    # A CPU model shares two cores among all slots: a long reply can legitimately take minutes.
+    timeout: float = Field(600.0, gt=0, description="Seconds before one request is abandoned.")
     context_per_slot: int = Field(4096, ge=512, description="Tokens of context each slot holds.")
     threads: int | None = Field(None, ge=1, description="CPU threads; default all cores.")
 

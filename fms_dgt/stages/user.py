@@ -26,17 +26,29 @@ _ASSISTANT_VOICE = re.compile(
     r"what do you need help with|how can i be of)",
     re.IGNORECASE,
 )
+# Openers of an assistant agreeing or acknowledging, not of a person starting their turn.
+_ASSISTANT_OPENER = re.compile(
+    r"^(sure|certainly|absolutely|of course|you're (absolutely )?(right|welcome)|that's (correct|right)|"
+    r"understood|great question|as an ai)\b",
+    re.IGNORECASE,
+)
 
 # Before the first message there is no assistant turn to answer; this direction takes its place.
-OPENING = "(Stage direction, not part of the chat: {hint} Now write your first message to the assistant.)"
+OPENING = (
+    "(Stage direction, not part of the chat. You are {role}. {hint} Now write your first message"
+    " to the AI assistant, as yourself.)"
+)
 
 
 class UserOptions(LMStageOptions):
     max_attempts: int = Field(3, ge=1, description="Drafts tried before the conversation is dropped.")
+    num_style_examples: int = Field(
+        3, ge=0, description="User messages from seed conversations shown as examples of a user's voice."
+    )
     max_sentences: int = Field(4, ge=1, description="Longer drafts are cut to this many sentences.")
 
 
-def system_prompt(conv: Conversation, hint: str | None, closing: bool) -> str:
+def system_prompt(conv: Conversation, hint: str | None, closing: bool, examples: list[str]) -> str:
     persona = conv.persona
     who = persona.content if persona else "An ordinary person."
     ending = (
@@ -45,22 +57,32 @@ def system_prompt(conv: Conversation, hint: str | None, closing: bool) -> str:
         else ""
     )
     instruction = f"What to do in your next message: {hint}{ending}\n\n" if hint else ""
+    voice = ""
+    if examples:
+        shown = "\n".join(f"- {e}" for e in examples)
+        voice = f"Messages other users wrote, to show how users talk (do not copy them):\n{shown}\n\n"
     return (
         "You are role-playing a human who is chatting with an AI assistant. You are the human,"
-        " not the assistant: you never offer help and you never answer your own questions.\n\n"
+        " not the assistant: you ask about what you need and react to the answers; you never"
+        " offer help, never give the assistant advice and never answer your own questions.\n\n"
         f"Who you are:\n{who}\n\n"
         f"Your situation: {conv.scenario or 'You are chatting casually.'}\n\n"
-        f"{instruction}"
+        f"{voice}{instruction}"
         "Write only your next message, in the first person and in your own voice: 1 to 3 short"
         " sentences of plain text, with no quotation marks and no name or role label. Do not"
         " copy the description of your situation."
     )
 
 
-def swapped_history(conv: Conversation, hint: str) -> list[dict[str, str]]:
+CLOSING = "(Stage direction, not part of the chat: this is your last message. {hint})"
+
+
+def swapped_history(conv: Conversation, hint: str, closing: bool = False) -> list[dict[str, str]]:
     """The chat so far with roles swapped, ending with the assistant's last reply as ``user``.
 
-    For the first message, a stage direction carrying the hint stands in for that reply.
+    For the first message, a stage direction carrying the hint stands in for that reply; for the
+    closing message one follows it, because small models overlook a goodbye asked for only in the
+    system prompt.
     """
     swap = {"user": "assistant", "assistant": "user"}
     history = [
@@ -69,15 +91,22 @@ def swapped_history(conv: Conversation, hint: str) -> list[dict[str, str]]:
         if m["role"] in swap
     ]
     if not history:
-        history = [{"role": "user", "content": OPENING.format(hint=hint)}]
+        role = conv.persona.persona.role if conv.persona else "an ordinary person"
+        article = "an" if role[:1].lower() in "aeiou" else "a"
+        history = [{"role": "user", "content": OPENING.format(role=f"{article} {role}", hint=hint)}]
+    elif closing:
+        last = history[-1]
+        history[-1] = {"role": "user", "content": f"{last['content']}\n\n{CLOSING.format(hint=hint)}"}
     return history
 
 
-def rejection(draft: str, conv: Conversation) -> str | None:
+def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | None:
     """Why a draft is not a believable next user message, or None if it is."""
     if len(draft) < 2:
         return "empty"
-    if _ASSISTANT_VOICE.search(draft):
+    if closing and draft.rstrip().endswith("?"):
+        return "closing_asks_question"  # a goodbye that opens a new question is no goodbye
+    if _ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft):
         return "sounds_like_assistant"
     for earlier in conv.contents("user"):
         if overlap(draft, earlier) > 0.8:
@@ -97,14 +126,21 @@ class UserStage(LMStage):
     default_max_tokens = 120
     default_temperature = 0.8
 
+    def setup(self) -> None:
+        self.examples = [
+            text for c in self.resources.seed_conversations for text in c.contents("user")
+        ]
+
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        k = min(self.options.num_style_examples, len(self.examples))
+        examples = ctx.rng.sample(self.examples, k) if k else []
         step = conv.last("flow_controller")
         hint = step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
         first = not conv.contents("assistant")
         messages = [
             # The first message's hint travels in the opening direction instead.
-            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn)},
-            *swapped_history(conv, hint),
+            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn, examples)},
+            *swapped_history(conv, hint, closing=ctx.last_turn and not first),
         ]
         rejected: list[dict[str, Any]] = []
         for attempt in range(1, self.options.max_attempts + 1):
@@ -112,7 +148,7 @@ class UserStage(LMStage):
             temperature = min(1.2, (self.options.temperature or self.default_temperature) + 0.15 * (attempt - 1))
             result = await self.chat(ctx, messages, temperature=temperature)
             draft = first_sentences(clean_reply(result.text), self.options.max_sentences)
-            reason = rejection(draft, conv)
+            reason = rejection(draft, conv, closing=ctx.last_turn)
             if reason is None:
                 metadata = self.provenance(result, attempts=attempt)
                 if rejected:
