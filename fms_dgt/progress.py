@@ -5,6 +5,7 @@ Quiet when stderr is not a terminal or when disabled (``--quiet``).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -12,11 +13,17 @@ from tqdm import tqdm
 
 from fms_dgt.stats import RunStats
 
+logger = logging.getLogger(__name__)
+
 
 class Progress:
     def __init__(self, total: int, *, initial: int, enabled: bool, stats: RunStats) -> None:
         self.stats = stats
         self.started = time.perf_counter()
+        self.total = total
+        self.done = min(initial, total)
+        # Without a terminal (CI logs, nohup), one log line per kept conversation instead.
+        self.log_lines = enabled and not sys.stderr.isatty()
         self.bar = tqdm(
             total=total,
             initial=min(initial, total),
@@ -28,15 +35,19 @@ class Progress:
         )
 
     def update(self, n: int) -> None:
-        if self.bar.disable:
+        self.done += n
+        if self.bar.disable and not (self.log_lines and n):
             return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         dropped = sum(self.stats.dropped.values())
-        self.bar.set_postfix_str(
+        status = (
             f"drops={dropped} calls/s={self.stats.lm_calls / elapsed:.1f}"
-            f" tok/s={self.stats.tokens / elapsed:.0f}",
-            refresh=False,
+            f" tok/s={self.stats.tokens / elapsed:.0f}"
         )
+        if self.bar.disable:
+            logger.info("%d/%d conversations, %.0f s, %s", self.done, self.total, elapsed, status)
+            return
+        self.bar.set_postfix_str(status, refresh=False)
         self.bar.update(n)
 
     def close(self) -> None:

@@ -156,6 +156,10 @@ class Runner:
         progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats)
         try:
             if before < target:
+                logger.info(
+                    "%s: %d conversations to generate (%d already in %s), %d in flight",
+                    self.config.task_name, target - before, before, self.store.dir, self.concurrency,
+                )
                 for engine in self.engines.values():
                     await engine.check()
                 await self._generate(target, progress)

@@ -190,12 +190,33 @@ async def test_flow_controller_question_hint_falls_back_to_template(tmp_path: Pa
     ("hint", "ok"),
     [("Ask how the rain affected the leaves.", True), ("Thank the assistant and say goodbye.", True),
      ("What kind of soil do you use?", False), ("Let's talk about other topics.", False),
-     ("I love sourdough!", False)],
+     ("I love sourdough!", False), ("Thank you for your help! I will visit Spain.", False)],
 )
 def test_adapted_hint_must_be_an_instruction(hint: str, ok: bool) -> None:
     from fms_dgt.stages.flow_controller import _is_instruction
 
     assert _is_instruction(hint) is ok
+
+
+async def test_flow_controller_one_call_mode(tmp_path: Path) -> None:
+    reply = {"reasoning": "ok", "moves": [{"pattern": "follow_up", "hint": "Ask how often to water the beds."},
+                                          {"pattern": "new_topic", "hint": "What about basil?"}]}
+    engine = ScriptedEngine(responder=lambda m, schema, p: reply)
+    res = resources(tmp_path, engine)
+    data = task_dict(tmp_path)
+    data["iteration_stages"][0]["mode"] = "one_call"
+    res.task = load_task(write_task(tmp_path, data)).config
+    stage = FlowControllerStage(res.task.iteration_stages[0], res)
+    stage.setup()
+    seen: dict[str, str] = {}
+    for seed in range(40):
+        conv = conversation(("hi", "hello"))
+        await stage(conv, ConversationContext(rng=random.Random(seed), turn=1))
+        step = conv.steps[-1]
+        seen[step.pattern] = step.hint  # type: ignore[union-attr]
+    assert len(engine.calls) == 40  # exactly one call per exchange
+    assert "Template instruction: Ask a follow-up." in engine.calls[0].messages[-1]["content"]
+    assert seen == {"follow_up": "Ask how often to water the beds.", "new_topic": "Bring up a topic."}
 
 
 async def test_flow_controller_termination_marks_last_turn(tmp_path: Path) -> None:
@@ -274,6 +295,7 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
         ("Probably early blight, a fungal disease.", "echoes_assistant"),
         ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),
         ("", "empty"),
+        ("thanks, bye! This is your last message.", "copies_direction"),
         ("ok, should I cut the spotted leaves off?", None),
     ],
 )

@@ -8,6 +8,7 @@ the assistant's reply follow its hint: the conversation never stops mid-air.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -44,6 +45,11 @@ class FlowControllerOptions(LMStageOptions):
         True, description="On the last allowed exchange, pick a termination pattern (closing exchange)."
     )
     adapt_hints: bool = Field(True, description="Ask the LM to adapt the chosen pattern's hint.")
+    mode: Literal["two_call", "one_call"] = Field(
+        "two_call",
+        description="two_call: one LM call judges which patterns fit, a second adapts the chosen"
+        " hint. one_call: a single call returns the fitting patterns each with its adapted hint.",
+    )
 
     @field_validator("patterns")
     @classmethod
@@ -92,12 +98,40 @@ _INSTRUCTION_VERBS = {
 }
 
 
+_FIRST_PERSON = re.compile(r"\b(I|I'm|I'll|I've|I'd|me|my|thank you)\b", re.IGNORECASE)
+
+
+def checked_hint(hint: str, template: str) -> tuple[str, str | None, str | None]:
+    """(hint to use, fallback reason, rejected hint): small models often answer the template
+    ("What kind of soil...?") or write the message itself; the template then serves better."""
+    if _is_instruction(hint):
+        return hint, None, None
+    return template, "hint_not_an_instruction", hint
+
+
 def _is_instruction(hint: str) -> bool:
     """An instruction to the user ('Ask ...', 'Thank ...'), not a question or a message."""
     words = hint.split()
-    if not words or hint.endswith("?"):
-        return False
+    if not words or hint.endswith("?") or _FIRST_PERSON.search(hint):
+        return False  # a question, or the message itself ("Thank you! I will ...")
     return words[0].strip(",.:;!").lower() in _INSTRUCTION_VERBS
+
+
+@lru_cache(maxsize=256)
+def moves_model(names: tuple[str, ...]) -> type[BaseModel]:
+    """One-call reply: every fitting pattern with the hint adapted to this conversation."""
+    move = create_model(
+        "Move",
+        __config__=ConfigDict(extra="forbid"),
+        pattern=(Literal[names], ...),  # type: ignore[valid-type]
+        hint=(str, Field(min_length=1, max_length=250)),
+    )
+    return create_model(
+        "Moves",
+        __config__=ConfigDict(extra="forbid"),
+        reasoning=(str, Field(max_length=300)),
+        moves=(list[move], Field(min_length=1, max_length=len(names))),  # type: ignore[valid-type]
+    )
 
 
 @register_stage("lm/flow_controller")
@@ -155,10 +189,41 @@ class FlowControllerStage(LMStage):
         eligible = list(dict.fromkeys(reply.eligible_patterns))
         return eligible, reply.reasoning, None
 
+    async def judge_with_hints(
+        self, conv: Conversation, ctx: ConversationContext, offered: list[Pattern]
+    ) -> tuple[list[str], str, dict[str, str], str | None]:
+        """One call: which offered patterns fit, each with its hint adapted to this conversation."""
+        names = tuple(p.name for p in offered)
+        listing = "\n".join(
+            f"- {p.name}: {p.description} Template instruction: {self.template(p)}" for p in offered
+        )
+        prompt = (
+            f"{self.context_text(conv, ctx)}\n\nPossible moves for the user's next message:\n{listing}\n\n"
+            "Which of these moves would be natural for the user's next message? Reply in JSON with"
+            ' "reasoning" (one short sentence) and "moves": for every move that fits, its "pattern"'
+            ' name and a "hint": its template instruction rewritten for this conversation, one'
+            " sentence that starts with the same word as the template, specific to the topic,"
+            " without writing the message itself."
+        )
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        try:
+            result = await self.chat(ctx, messages, schema=moves_model(names))
+        except StructuredOutputError:
+            return list(names), "", {}, "invalid_eligibility_json"
+        reply = result.parsed
+        hints = {}
+        for move in reply.moves:
+            hints.setdefault(move.pattern, move.hint.strip())
+        return list(hints), reply.reasoning, hints, None
+
+    @staticmethod
+    def template(pattern: Pattern) -> str:
+        return pattern.hint or f"Follow the '{pattern.name}' move: {pattern.description}"
+
     async def adapt_hint(
         self, conv: Conversation, ctx: ConversationContext, pattern: Pattern
     ) -> tuple[str, str | None, str | None]:
-        template = pattern.hint or f"Follow the '{pattern.name}' move: {pattern.description}"
+        template = self.template(pattern)
         if not self.options.adapt_hints:
             return template, None, None
         prompt = (
@@ -174,24 +239,29 @@ class FlowControllerStage(LMStage):
             result = await self.chat(ctx, messages, schema=Hint, temperature=0.7)
         except StructuredOutputError:
             return template, "invalid_hint_json", None
-        hint = result.parsed.hint.strip()
-        if not _is_instruction(hint):
-            # Small models often answer the template ("What kind of soil...?") or write the
-            # message itself; the template then serves better than their rewrite.
-            return template, "hint_not_an_instruction", hint
-        return hint, None, None
+        return checked_hint(result.parsed.hint.strip(), template)
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         offered, ask = self.offered(ctx)
         eligible, reasoning, fallback = [p.name for p in offered], "", None
+        hints: dict[str, str] | None = None
         if ask and len(offered) > 1:
-            eligible, reasoning, fallback = await self.judge(conv, ctx, offered)
+            if self.options.mode == "one_call":
+                eligible, reasoning, hints, fallback = await self.judge_with_hints(conv, ctx, offered)
+            else:
+                eligible, reasoning, fallback = await self.judge(conv, ctx, offered)
         candidates = [self.by_name[n] for n in eligible if self.by_name[n].weight > 0]
         if not candidates:
             candidates = [p for p in offered if p.weight > 0] or offered
             fallback = fallback or "no_weighted_eligible"
         chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
-        hint, hint_fallback, rejected_hint = await self.adapt_hint(conv, ctx, chosen)
+        if hints is not None and self.options.adapt_hints:
+            if chosen.name in hints:
+                hint, hint_fallback, rejected_hint = checked_hint(hints[chosen.name], self.template(chosen))
+            else:  # the one call failed: keep to one call, use the template
+                hint, hint_fallback, rejected_hint = self.template(chosen), None, None
+        else:
+            hint, hint_fallback, rejected_hint = await self.adapt_hint(conv, ctx, chosen)
         fallback = fallback or hint_fallback
         if fallback:
             self.resources.stats.fallbacks[fallback] += 1

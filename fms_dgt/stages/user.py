@@ -104,6 +104,8 @@ def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | No
     """Why a draft is not a believable next user message, or None if it is."""
     if len(draft) < 2:
         return "empty"
+    if "stage direction" in draft.lower() or "last message" in draft.lower():
+        return "copies_direction"
     if closing and draft.rstrip().endswith("?"):
         return "closing_asks_question"  # a goodbye that opens a new question is no goodbye
     if _ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft):
