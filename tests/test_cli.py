@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import socket
 import subprocess
@@ -14,26 +13,7 @@ import pytest
 
 from conftest import CHIT_CHAT, REPO, task_dict, write_task
 from fms_dgt.cli import main
-from fms_dgt.testing.lm_server import LMServer
-
-TOPICS = ["rain", "soil", "basil", "compost", "frost", "slugs", "mulch", "seeds", "sunlight", "pruning", "bees", "weeds"]
-
-
-def varied_reply() -> Any:
-    """Distinct, plausible text per request, with scenarios that name the sampled persona."""
-    counter = itertools.count()
-
-    def reply(body: dict[str, Any]) -> str:
-        n = next(counter)
-        last = body["messages"][-1]["content"]
-        if "Begin with 'A " in last:
-            role = last.split("Begin with 'A ")[1].split("'")[0]
-            return f"A {role} wants to chat about {TOPICS[n % len(TOPICS)]} in the garden this spring."
-        a, b, c = (TOPICS[(n * 7 + k) % len(TOPICS)] for k in (0, 3, 5))
-        return f"Thinking about {a} number {n}, what about {b} and {c} for case {n * 13}?"
-
-    return reply
-
+from fms_dgt.testing.lm_server import LMServer, PlausibleReplies
 
 def run_cli(*args: str) -> int:
     return main(list(args))
@@ -111,7 +91,7 @@ def test_unreachable_server_fails_fast_with_clear_message(tmp_path: Path, capsys
 @pytest.mark.parametrize("engine", ["openai", "ollama"])
 def test_chit_chat_end_to_end_over_http(tmp_path: Path, engine: str) -> None:
     """The real example task through the CLI against a server on 127.0.0.1 speaking each API."""
-    with LMServer(reply=varied_reply()) as server:
+    with LMServer(reply=PlausibleReplies()) as server:
         base_url, model, path = {
             "openai": (server.url + "/v1", "sim-model", "/v1/chat/completions"),
             "ollama": (server.url, "granite4:3b", "/api/chat"),

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import collections
 import http
+import itertools
 import json
 import math
 import random
@@ -26,6 +27,15 @@ from typing import Any
 __all__ = ["Fault", "LMServer", "instance_for_schema"]
 
 FILLER = " The quick brown fox jumps over the lazy dog while the model keeps talking."
+# Words for varied plain-text replies: distinct enough between requests that a conversation
+# pipeline's repetition checks accept them, so benchmarks keep conversations instead of dropping them.
+_WORDS = (
+    "garden river bread music window travel coffee winter budget puzzle lantern harbor meadow"
+    " violin recipe ticket planet mirror pocket signal forest market candle bicycle thunder"
+    " library engine blanket orchard canyon festival pepper compass whistle marble glacier"
+    " velvet tunnel falcon basket cotton ladder pillow saddle anchor bamboo cactus dolphin"
+    " feather hammock jacket kettle lemon magnet noodle oyster parrot quilt rocket sunflower"
+).split()
 FORMATS = {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "time": "12:00:00",
            "email": "user@example.com", "uri": "https://example.com/",
            "uuid": "00000000-0000-4000-8000-000000000000"}
@@ -158,6 +168,39 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def _pad(text: str, target: int, number: int) -> str:
+    """Extend ``text`` to about ``target`` characters with words that vary per request."""
+    rng = random.Random(number)
+    words = []
+    while len(text) + sum(len(w) + 1 for w in words) < target:
+        words.append(rng.choice(_WORDS))
+    return f"{text} {' '.join(words)}."[: target + 1]
+
+
+class PlausibleReplies:
+    """A ``reply`` callable for conversation pipelines: every plain-text reply is distinct, and a
+    request asking for text that begins with a given phrase ("Begin with 'A nurse'") gets it.
+
+    With it, a chit-chat run against the simulated server keeps its conversations instead of
+    dropping them as repetitive, so benchmarks and end-to-end tests measure the real code path.
+    """
+
+    def __init__(self, words: int = 14) -> None:
+        self.words = words
+        self._count = itertools.count()
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        number = next(self._count)
+        rng = random.Random(number)
+        chosen = " ".join(rng.sample(_WORDS, self.words))
+        messages = body.get("messages") or []
+        last = _text_of(messages[-1].get("content")) if messages else ""
+        if "Begin with '" in last:
+            start = last.split("Begin with '", 1)[1].split("'", 1)[0]
+            return f"{start} wants to chat about the {chosen}."
+        return f"Reply {number} mentions the {chosen}."
 
 
 class LMServer:
@@ -401,7 +444,7 @@ class LMServer:
             text = f"Simulated reply #{number} to: {texts[-1][:40] if texts else ''}"
             target = self.completion_tokens * 4  # pad so usage reports ~completion_tokens
             if len(text) < target:
-                text = (text + FILLER * (target // len(FILLER) + 1))[:target]
+                text = _pad(text, target, number)
         prompt_tokens = max(1, sum(len(t) for t in texts) // 4)
         tokens = max(1, len(text) // 4)
         if path == "/api/chat":
@@ -434,9 +477,14 @@ async def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-per-token", type=float, default=0.0)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=20)
+    parser.add_argument(
+        "--plausible", action="store_true",
+        help="distinct replies that a conversation pipeline accepts (see PlausibleReplies)",
+    )
     args = parser.parse_args(argv)
     server = LMServer(latency=args.latency, latency_per_token=args.latency_per_token, slots=args.slots,
                       completion_tokens=args.completion_tokens, host=args.host, port=args.port,
+                      reply=PlausibleReplies() if args.plausible else None,
                       record_requests=False)  # nobody can read them from another process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
