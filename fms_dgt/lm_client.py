@@ -61,6 +61,7 @@ class LMClient:
             calls=result.calls,
             prompt=result.usage.prompt_tokens,
             completion=result.usage.completion_tokens,
+            cached=result.usage.cached_tokens,
             seconds=time.perf_counter() - started,
             failed=False,
         )

@@ -13,6 +13,7 @@ class CallStats:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -21,6 +22,7 @@ class CallStats:
             "failed": self.failed,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_tokens,
             "seconds": round(self.seconds, 3),
         }
 
@@ -41,7 +43,16 @@ class RunStats:
     attempts: int = 0
 
     def record_call(
-        self, stage: str, engine: str, *, calls: int, prompt: int, completion: int, seconds: float, failed: bool
+        self,
+        stage: str,
+        engine: str,
+        *,
+        calls: int,
+        prompt: int,
+        completion: int,
+        seconds: float,
+        failed: bool,
+        cached: int = 0,
     ) -> None:
         for table, key in ((self.per_stage, stage), (self.per_engine, engine)):
             stats = table.get(key)
@@ -51,6 +62,7 @@ class RunStats:
             stats.failed += failed
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
+            stats.cached_tokens += cached
             stats.seconds += seconds
 
     @property

@@ -133,3 +133,36 @@ def test_module_entry_points_run() -> None:
     for module in ("fms_dgt", "fms_dgt.public"):
         result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0 and "fms_dgt" in result.stdout
+
+
+def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path: Path) -> None:
+    """Kill -9 a real run after some conversations are written; the next run completes to exactly N."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "public/examples/chit_chat/final_data.jsonl"
+    with LMServer(latency=0.01, reply=PlausibleReplies()) as server:
+        args = [
+            sys.executable, "-m", "fms_dgt.public", "--task-paths", str(CHIT_CHAT), "--num-outputs-to-generate", "40",
+            "--output-dir", str(tmp_path), "--engine", "openai", "--model", "sim-model",
+            "--base-url", server.url + "/v1", "--concurrency", "4", "--quiet",
+        ]
+        process = subprocess.Popen([*args, "--restart"], cwd=REPO, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        before = out.read_bytes().splitlines(keepends=True)
+        complete = [line for line in before if line.endswith(b"\n")]
+        assert 5 <= len(complete) < 40
+        resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+    after = out.read_bytes().splitlines(keepends=True)
+    assert after[: len(complete)] == complete  # every record finished before the kill is unchanged
+    assert len(after) == 40
+    ids = [json.loads(line)["conversation_id"] for line in after]
+    assert len(set(ids)) == 40
+    formatted = (tmp_path / "public/examples/chit_chat/formatted_output.jsonl").read_text().splitlines()
+    assert [json.loads(line)["conversation_id"] for line in formatted] == ids

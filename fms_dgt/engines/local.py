@@ -112,11 +112,10 @@ class LocalEngine(Engine):
             code = int(error.get("code") or 500)
             raise self.error(f"llama.cpp {code}: {error.get('message', error)}", retryable=code >= 500)
         choice = reply["choices"][0]
-        usage = reply.get("usage") or {}
         return ChatResult(
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            usage=Usage.from_openai(reply.get("usage")),
         )
 
     async def aclose(self) -> None:

@@ -193,6 +193,10 @@ class PlausibleReplies:
 
     def __call__(self, body: dict[str, Any]) -> str:
         number = next(self._count)
+        path = "/api/chat" if "format" in body or "options" in body else "/v1/chat/completions"
+        schema = _requested_schema(path, body)
+        if schema is not None:
+            return json.dumps(instance_for_schema(schema, number)) if schema else "{}"
         rng = random.Random(number)
         chosen = " ".join(rng.sample(_WORDS, self.words))
         messages = body.get("messages") or []
