@@ -13,6 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
@@ -175,7 +176,13 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 def _json_schema(schema: Schema) -> dict[str, Any]:
     if isinstance(schema, dict):
         return schema
-    return schema.model_json_schema()
+    return _model_schema(schema)
+
+
+@lru_cache(maxsize=512)
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    # Generating a schema costs ~1 ms of CPU; a stage asks for the same few models on every call.
+    return model.model_json_schema()
 
 
 def parse_structured(text: str, schema: Schema) -> Any:
