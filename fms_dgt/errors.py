@@ -59,8 +59,10 @@ class EngineError(DgtError):
         url: str | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        fatal: bool = False,
     ) -> None:
         self.cause = cause
+        self.fatal = fatal  # the run should stop: this engine is failing most of its requests
         self.engine = engine
         self.model = model
         self.url = url

@@ -7,6 +7,7 @@ kill is detected and cut off on the next start. ``formatted_output.jsonl`` is de
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 FINAL = "final_data.jsonl"
 FORMATTED = "formatted_output.jsonl"
 SUMMARY = "run_summary.json"
+LOCK = ".lock"
 
 
 class OutputStore:
@@ -39,6 +41,7 @@ class OutputStore:
         self.formatted_path = self.dir / FORMATTED
         self.summary_path = self.dir / SUMMARY
         self._final: IO[str] | None = None
+        self._lock: IO[str] | None = None
         self._formatted: IO[str] | None = None
         self.ids: set[str] = set()
         self.count = 0
@@ -47,6 +50,10 @@ class OutputStore:
         """Create the folder, clear it on restart, load what a previous run finished."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+        except OSError as exc:
+            raise ConfigError(Problem(f"cannot write the output folder: {exc.strerror}", file=self.dir)) from None
+        try:
             if restart:
                 for path in (self.final_path, self.formatted_path, self.summary_path):
                     path.unlink(missing_ok=True)
@@ -55,10 +62,37 @@ class OutputStore:
             # Rebuilt from final_data so the two files always agree, whatever happened before.
             self._formatted = self.formatted_path.open("w", encoding="utf-8")
         except OSError as exc:
+            self.close()
             raise ConfigError(Problem(f"cannot write the output folder: {exc.strerror}", file=self.dir)) from None
+        except ConfigError:
+            self.close()
+            raise
         for conv in existing:
             self._formatted.write(json.dumps(self.formatter(conv), ensure_ascii=False) + "\n")
         self._formatted.flush()
+
+    def _acquire_lock(self) -> None:
+        """One run per output folder. The OS drops the lock when its process dies, however it
+        dies, so a lock left by a killed run is simply taken over."""
+        handle = (self.dir / LOCK).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(
+                Problem(f"another run (pid {holder}) is writing to this folder; wait for it or stop it", file=self.dir)
+            ) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous and previous != str(os.getpid()):
+            logger.info("%s: taking over the lock of an earlier run (pid %s) that is gone", self.dir, previous)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
 
     def _load_existing(self) -> list[Conversation]:
         if not self.final_path.exists():
@@ -121,3 +155,7 @@ class OutputStore:
                 os.fsync(handle.fileno())
                 handle.close()
         self._final = self._formatted = None
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None

@@ -170,11 +170,11 @@ class Runner:
             raise
         finally:
             progress.close()
-            self.store.close()
             for engine in self.engines.values():
                 await engine.aclose()
             summary = self._summary(started_at, time.perf_counter() - t0, before, target, status, error)
             self.store.write_summary(summary)
+            self.store.close()
         return RunResult(summary=summary, output_dir=self.store.dir, status=status, error=error)
 
     async def _generate(self, target: int, progress: Progress) -> None:
@@ -198,6 +198,8 @@ class Runner:
                         self.stats.dropped[outcome.drop_reason] += 1
                         progress.update(0)
                         if outcome.engine_error is not None:
+                            if outcome.engine_error.fatal:
+                                raise outcome.engine_error
                             consecutive_failures += 1
                             logger.warning("conversation failed: %s", outcome.engine_error)
                             if consecutive_failures >= MAX_CONSECUTIVE_ENGINE_FAILURES:

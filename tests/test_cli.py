@@ -166,3 +166,47 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path: Path) -> None:
     assert len(set(ids)) == 40
     formatted = (tmp_path / "public/examples/chit_chat/formatted_output.jsonl").read_text().splitlines()
     assert [json.loads(line)["conversation_id"] for line in formatted] == ids
+
+
+def _catalogue(tmp_path: Path) -> dict[str, tuple[Any, str]]:
+    """Bad inputs: (task dict or raw YAML, text the error must contain)."""
+    def with_stage(index: int, **changes: Any) -> dict[str, Any]:
+        data = task_dict(tmp_path)
+        data["iteration_stages"][index].update(changes)
+        return data
+
+    zero = task_dict(tmp_path)
+    for pattern in zero["iteration_stages"][0]["patterns"]:
+        pattern["weight"] = 0
+    negative = task_dict(tmp_path)
+    negative["iteration_stages"][0]["patterns"][1]["weight"] = -1
+    return {
+        "yaml-syntax": ("task_name: [oops\n", "YAML syntax error"),
+        "wrong-type": (task_dict(tmp_path, min_turns="two"), "min_turns"),
+        "unknown-key": (task_dict(tmp_path, max_turn=3), "max_turn: unknown key"),
+        "unknown-stage": (with_stage(1, name="lm/user/smart"), "unknown stage 'lm/user/smart'"),
+        "unknown-engine": (task_dict(tmp_path, engines={"default": {"type": "gpt"}}), "unknown engine type 'gpt'"),
+        "missing-data-file": (task_dict(tmp_path, initialization_stages=[
+            {"name": "sample/persona", "persona_store": {"data_path": str(tmp_path / "none.jsonl")}}]), "persona file not found"),
+        "zero-weights": (zero, "all pattern weights are zero"),
+        "negative-weight": (negative, "weight"),
+        "undeclared-termination": (with_stage(0, termination_patterns=["bye"]), "bye not among the patterns"),
+        "min-above-max": (task_dict(tmp_path, min_turns=4, max_turns=2), "smaller than min_turns"),
+        "escaping-task-name": (task_dict(tmp_path, task_name="../../etc"), "task_name"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "yaml-syntax", "wrong-type", "unknown-key", "unknown-stage", "unknown-engine", "missing-data-file",
+    "zero-weights", "negative-weight", "undeclared-termination", "min-above-max", "escaping-task-name",
+])
+def test_bad_input_catalogue(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, expected = _catalogue(tmp_path)[case]
+    path = write_task(tmp_path, data)
+    code = run_cli("--task-paths", str(path), "--output-dir", str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert ("none.jsonl" if case == "missing-data-file" else str(path)) in err  # names the file
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    assert not (tmp_path / "out").exists()

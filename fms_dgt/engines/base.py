@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -26,6 +26,10 @@ from fms_dgt.registry import Registry
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
+# Circuit breaker: stop the run when more than this share of the last ERROR_WINDOW requests
+# failed (after at least ERROR_WINDOW // 2 of them), instead of burning through retries.
+ERROR_WINDOW = 40
+MAX_ERROR_RATE = 0.5
 Schema = type[BaseModel] | dict[str, Any]
 
 
@@ -76,6 +80,7 @@ class Engine(ABC):
         self.config = config
         # Why calls were retried, e.g. {"http 429": 3, "timeout": 1}; read by the run summary.
         self.retry_reasons: Counter[str] = Counter()
+        self._recent: deque[bool] = deque(maxlen=ERROR_WINDOW)  # True = the request failed
 
     @property
     def url(self) -> str | None:
@@ -142,17 +147,35 @@ class Engine(ABC):
                         async with asyncio.timeout(self.config.timeout):
                             result = await self._send(messages, json_schema, params)
                     except TimeoutError:
+                        self._trip_if_failing(f"no reply within {self.config.timeout:g} s")
                         raise self.error(
                             f"no reply within {self.config.timeout:g} s", retryable=True
                         ) from None
+                    except EngineError as exc:
+                        self._trip_if_failing(exc.cause)
+                        raise
+                    self._recent.append(False)
                     result.calls = attempt_number
                     return result
         except EngineError as exc:
+            if exc.fatal:
+                raise
             if attempt_number > 1 or exc.retryable:
                 plural = "s" if attempt_number > 1 else ""
                 raise self.error(f"gave up after {attempt_number} attempt{plural}: {exc.cause}") from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _trip_if_failing(self, cause: str) -> None:
+        """Record a failed request; raise a fatal error if most recent requests failed."""
+        self._recent.append(True)
+        failures = sum(self._recent)
+        if len(self._recent) >= ERROR_WINDOW // 2 and failures > MAX_ERROR_RATE * len(self._recent):
+            raise self.error(
+                f"stopping: {failures} of the last {len(self._recent)} requests failed"
+                f" (last: {cause})",
+                fatal=True,
+            )
 
     @abstractmethod
     async def _send(
