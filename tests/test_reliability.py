@@ -105,7 +105,8 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path: Path, monkeypatch: p
     assert code == 0 and len((folder / "final_data.jsonl").read_text().splitlines()) == 2
 
 
-def test_sigterm_stops_gracefully_with_143(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_gracefully(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     with LMServer(latency=0.05, reply=PlausibleReplies()) as server:
         path = chit_chat_on(tmp_path, server.url)
         process = subprocess.Popen(
@@ -117,9 +118,9 @@ def test_sigterm_stops_gracefully_with_143(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not final.exists() or not final.read_text()):
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         _, err = process.communicate(timeout=30)
-    assert process.returncode == 143
+    assert process.returncode == code
     assert "interrupted: every finished conversation is saved" in err and "Traceback" not in err
     summary = json.loads((tmp_path / "out" / OUT / "run_summary.json").read_text())
     assert summary["status"] == "interrupted"
