@@ -158,7 +158,8 @@ class Runner:
             if before < target:
                 logger.info(
                     "%s: %d conversations to generate (%d already in %s), %d in flight",
-                    self.config.task_name, target - before, before, self.store.dir, self.concurrency,
+                    self.config.task_name, target - before, before, self.store.dir,
+                    min(self.concurrency, target - before),
                 )
                 for engine in self.engines.values():
                     await engine.check()

@@ -291,6 +291,8 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
     [
         ("How can I help you today?", "sounds_like_assistant"),
         ("Sure, let's start with the basics.", "sounds_like_assistant"),
+        ("I hope you find this helpful. Let me know if there's anything else!", "sounds_like_assistant"),
+        ("I'm glad you found it helpful. I'm here to assist you.", "sounds_like_assistant"),
         ("my tomatoes have spots!", "repeats_itself"),
         ("Probably early blight, a fungal disease.", "echoes_assistant"),
         ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),

@@ -20,10 +20,12 @@ from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_ru
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
 _ASSISTANT_VOICE = re.compile(
-    r"\b(how (can|may) i (help|assist)|i('d| would) be (happy|glad) to help|as an ai\b|"
-    r"i('m| am) an ai\b|language model|is there anything else|feel free to ask|"
-    r"let me know if you (have|need)|happy to assist|great question|ready to help|"
-    r"what do you need help with|how can i be of)",
+    r"\b(how (can|may) i (help|assist)|(can|could|may) i (help|assist) you|"
+    r"i('d| would) be (happy|glad) to (help|assist)|as an ai\b|i('m| am) an ai\b|language model|"
+    r"is there anything else|anything else (i|we) can|i('m| am) here to (help|assist)|"
+    r"feel free to ask|let me know if (you|there)|happy to assist|great question|ready to help|"
+    r"what do you need help with|how can i be of|what else would you like to know|"
+    r"glad (you found|i could help|to have been)|i hope (you find|this helps|that helps))",
     re.IGNORECASE,
 )
 # Openers of an assistant agreeing or acknowledging, not of a person starting their turn.
