@@ -362,3 +362,15 @@ async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None
     conv.steps.append(MessageStep(role="user", content="hi"))
     await stage(conv, ConversationContext(rng=random.Random(0)))
     assert conv.steps[-1].content == "First sentence."
+
+
+async def test_assistant_reply_that_copies_an_earlier_one_is_rewritten(tmp_path: Path) -> None:
+    earlier = "Some ideas might include making rainbows, having a picnic, or cooking together on a rainy afternoon."
+    engine = ScriptedEngine(replies=[f"Rainy days are great. {earlier}", "Try a blanket fort and a puppet show."])
+    res = resources(tmp_path, engine)
+    stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
+    conv = conversation(("ideas for rain?", earlier))
+    conv.steps.append(MessageStep(role="user", content="more?"))
+    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    assert conv.steps[-1].content == "Try a blanket fort and a puppet show."
+    assert res.stats.rejected_drafts["assistant:repeat"] == 1

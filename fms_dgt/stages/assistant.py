@@ -11,7 +11,7 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, trim_unfinished
+from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished
 
 SYSTEM = (
     "You are a helpful, friendly AI assistant. Reply to the user's last message accurately and"
@@ -34,13 +34,14 @@ class AssistantStage(LMStage):
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         messages = [{"role": "system", "content": self.options.system_prompt}]
         messages += [m for m in conv.messages() if m["role"] in ("user", "assistant")]
-        earlier = set(conv.contents("assistant"))
+        earlier = conv.contents("assistant")
         for attempt in range(1, self.options.max_attempts + 1):
             result = await self.chat(ctx, messages)
             text = clean_reply(result.text)
             if result.finish_reason == "length":
                 text = trim_unfinished(text)
-            if text and text not in earlier:
+            # A reply that copies a long run of an earlier one is the model looping, not answering.
+            if text and not any(shares_run(text, e, 12) for e in earlier):
                 conv.steps.append(
                     MessageStep(
                         role="assistant",
