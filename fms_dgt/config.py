@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,10 +45,36 @@ class EngineConfig(ConfigModel):
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
+# Attribute names are used as template variables: keep them to identifiers.
+_ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def attribute_name(value: str) -> str:
+    """Validator for option fields that name an attribute of the conversation record."""
+    if not _ATTRIBUTE.match(value):
+        raise ValueError(f"{value!r} is not a valid attribute name (letters, digits and '_', not starting with a digit)")
+    return value
+
+
+def require_unique(names: list[str], what: str) -> None:
+    """Raise ``ValueError`` naming the duplicates, for lists whose items are looked up by name."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate {what} names: {', '.join(duplicates)}")
+
+
 class StageOptions(ConfigModel):
     """Base for a stage's YAML options; ``name`` selects the stage class."""
 
     name: str
+    # Option fields holding Jinja2 templates, checked against the attributes available at load time.
+    template_fields: ClassVar[tuple[str, ...]] = ()
+    # True for a stage that writes the whole conversation (no iteration stages needed).
+    writes_messages: ClassVar[bool] = False
+
+    def writes(self) -> tuple[str, ...]:
+        """Attributes this stage sets on the conversation record, for later templates."""
+        return ()
 
 
 class LMStageOptions(StageOptions):
@@ -57,6 +83,11 @@ class LMStageOptions(StageOptions):
     engine: str = Field("default", description="Name of an entry under `engines:`.")
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
+    instructions: str | None = Field(
+        None, description="Extra instructions added to the stage's prompt; a Jinja2 template over attributes."
+    )
+
+    template_fields: ClassVar[tuple[str, ...]] = ("instructions",)
 
 
 class DatastoreConfig(ConfigModel):
@@ -77,6 +108,28 @@ class FormatterConfig(ConfigModel):
     type: str = "conversation/messages"
 
 
+class TargetTurns(ConfigModel):
+    """Take each conversation's length from a sampled attribute instead of the flow controller."""
+
+    attribute: str = Field(description="Attribute holding the requested length, set by an initialization stage.")
+    unit: Literal["exchanges", "messages"] = Field(
+        "exchanges", description="messages: the value counts user and assistant messages (2 per exchange)."
+    )
+
+    _name = field_validator("attribute")(attribute_name)
+
+    def exchanges(self, value: Any) -> int:
+        """The number of exchanges a value of the attribute asks for; ``ValueError`` if none."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ValueError(f"{value!r} is not a whole number")
+        count = int(value)
+        if self.unit == "messages":
+            if count % 2:
+                raise ValueError(f"{count} messages is not a whole number of user/assistant exchanges")
+            count //= 2
+        return count
+
+
 class TaskConfig(ConfigModel):
     """A whole task file."""
 
@@ -86,6 +139,9 @@ class TaskConfig(ConfigModel):
     data_builder: str = Field("core/conversation", description="Only core/conversation exists.")
     min_turns: int = Field(1, ge=1, description="Complete exchanges a conversation needs to be kept.")
     max_turns: int = Field(10, ge=1, description="Most exchanges per conversation.")
+    target_turns: TargetTurns | None = Field(
+        None, description="Per-conversation exact length from an attribute (within min_turns..max_turns)."
+    )
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
     initialization_stages: list[StageOptions] = Field(default_factory=list)
     iteration_stages: list[StageOptions] = Field(default_factory=list)
@@ -121,9 +177,13 @@ class TaskConfig(ConfigModel):
 
     @field_validator("iteration_stages")
     @classmethod
-    def _has_iteration(cls, value: list[StageOptions]) -> list[StageOptions]:
-        if not value:
-            raise ValueError("needs at least one stage (for example lm/user/guided and lm/assistant/naive)")
+    def _has_iteration(cls, value: list[StageOptions], info: Any) -> list[StageOptions]:
+        initialization = info.data.get("initialization_stages") or []
+        if not value and not any(s.writes_messages for s in initialization):
+            raise ValueError(
+                "needs at least one stage (for example lm/user/guided and lm/assistant/naive),"
+                " unless an initialization stage such as lm/conversation writes the whole chat"
+            )
         return value
 
     def all_stages(self) -> list[StageOptions]:

@@ -69,8 +69,30 @@ class MessageStep(_Step):
     role: Literal["system", "user", "assistant"]
 
 
+class AttributeStep(_Step):
+    """A named value an LM wrote (a system prompt, a user task); also in ``attributes``."""
+
+    role: Literal["attribute"] = "attribute"
+    attribute: str
+
+
+class JudgeScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    score: int
+    reasoning: str = ""
+
+
+class JudgeStep(_Step):
+    """Scores of a judge, one per rubric, with the judge's reasoning; ``content`` summarises them."""
+
+    role: Literal["judge"] = "judge"
+    scores: dict[str, JudgeScore]
+
+
 Step = Annotated[
-    PersonaStep | ScenarioStep | FlowControllerStep | MessageStep, Field(discriminator="role")
+    PersonaStep | ScenarioStep | FlowControllerStep | MessageStep | AttributeStep | JudgeStep,
+    Field(discriminator="role"),
 ]
 
 
@@ -83,6 +105,8 @@ class Conversation(BaseModel):
     conversation_id: str
     is_seed: bool = False
     num_turns: int = 0
+    # Exchanges this conversation was asked to have (``target_turns`` in the task), if any.
+    target_turns: int | None = None
     stop_reason: str | None = None
     # Named values written by stages (sampled attributes, generated system prompt, ...).
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -105,12 +129,13 @@ class Conversation(BaseModel):
         return step.content if step else None
 
     def messages(self) -> list[dict[str, str]]:
-        """The visible chat (system, user, assistant), as OpenAI-style messages."""
-        return [
-            {"role": s.role, "content": s.content}
-            for s in self.steps
-            if s.role in ("system", "user", "assistant")
-        ]
+        """The visible chat as OpenAI-style messages: a system prompt first, then the exchanges.
+
+        A stage may record the system prompt when it first uses it (after the first user
+        message); it still belongs at the top of the chat.
+        """
+        chat = [{"role": s.role, "content": s.content} for s in self.steps if s.role in ("user", "assistant")]
+        return [{"role": "system", "content": s.content} for s in self.steps if s.role == "system"] + chat
 
     def contents(self, role: str) -> list[str]:
         return [s.content for s in self.steps if s.role == role]

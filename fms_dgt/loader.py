@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fms_dgt.config import EngineConfig, LMStageOptions, StageOptions, TaskConfig
+from fms_dgt.config import EngineConfig, LMStageOptions, StageOptions, TargetTurns, TaskConfig
 from fms_dgt.engines import ENGINES
 from fms_dgt.errors import ConfigError, Problem
 from fms_dgt.registry import UnknownNameError
 from fms_dgt.stages import STAGES
+from fms_dgt.stages.samplers import CategoryOptions, GaussianOptions, SubcategoryOptions, UniformOptions
+from fms_dgt.templates import BUILTINS, TemplateProblem, names_used
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DEFAULTS = {"DGT_DATA_DIR": "data"}
@@ -223,12 +225,101 @@ def load_task(path: Path | str, override: EngineOverride | None = None) -> Task:
 
     if builder.problems:
         raise ConfigError(builder.problems)
+    _check_attributes(builder, stages, data)
+    if builder.problems:
+        raise ConfigError(builder.problems)
     task_data = {**data, "engines": engines, **stages}
     config = builder.model(TaskConfig, task_data, ())
     if builder.problems or config is None:
         raise ConfigError(builder.problems)
     assert isinstance(config, TaskConfig)
     return Task(path=path, config=config, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def _check_attributes(builder: _Builder, stages: dict[str, list[Any]], data: dict[str, Any]) -> None:
+    """Attributes flow from stage to stage in order: every template name, subcategory parent and
+    ``target_turns`` attribute must be written by an earlier stage, and each is written once."""
+    writers: dict[str, tuple[StageOptions, Loc]] = {}
+    for field in _STAGE_LISTS:
+        for index, options in enumerate(stages.get(field, [])):
+            loc: Loc = (field, index)
+            if options.writes_messages and field != "initialization_stages":
+                builder.problem(loc + ("name",), f"{options.name} writes the whole conversation: make it an initialization stage")
+            for key in options.template_fields:
+                source = getattr(options, key)
+                if source is None:
+                    continue
+                try:
+                    used = names_used(source)
+                except TemplateProblem as exc:
+                    builder.problem(loc + (key,), str(exc))
+                    continue
+                known = set(BUILTINS) | set(writers)
+                for name in sorted(used - known):
+                    builder.problem(
+                        loc + (key,),
+                        f"template uses {{{{ {name} }}}}, which no earlier stage writes"
+                        f" (known: {', '.join(sorted(known))})",
+                    )
+            if isinstance(options, SubcategoryOptions):
+                _check_parent(builder, options, writers.get(options.parent), loc)
+            for name in options.writes():
+                if name in BUILTINS:
+                    builder.problem(loc, f"attribute {name!r} clashes with a built-in template name")
+                elif name in writers:
+                    other = _key(writers[name][1])
+                    builder.problem(loc, f"attribute {name!r} is already written by {other}")
+                else:
+                    writers[name] = (options, loc)
+    target = data.get("target_turns")
+    if isinstance(target, dict) and "attribute" in target:
+        _check_target(builder, target, writers.get(str(target["attribute"])), data)
+
+
+def _check_parent(builder: _Builder, options: SubcategoryOptions, writer: tuple[StageOptions, Loc] | None, loc: Loc) -> None:
+    if writer is None:
+        builder.problem(loc + ("parent",), f"no earlier stage writes the attribute {options.parent!r}")
+    elif isinstance(writer[0], CategoryOptions):
+        missing = [str(v) for v in writer[0].values if str(v) not in options.values]
+        if missing:
+            builder.problem(loc + ("values",), f"no subcategories for {options.parent} = {', '.join(missing)}")
+
+
+def _check_target(builder: _Builder, raw: dict[str, Any], writer: tuple[StageOptions, Loc] | None, data: dict[str, Any]) -> None:
+    """The requested lengths must be whole exchanges within min_turns..max_turns."""
+    loc: Loc = ("target_turns", "attribute")
+    if writer is None or writer[1][0] != "initialization_stages":
+        builder.problem(loc, f"no initialization stage writes the attribute {raw['attribute']!r}")
+        return
+    try:
+        target = TargetTurns.model_validate(raw)
+        low, high = int(data.get("min_turns", 1)), int(data.get("max_turns", 10))
+    except (ValidationError, TypeError, ValueError):
+        return  # reported with the task's other fields
+    options = writer[0]
+    if isinstance(options, CategoryOptions):
+        values = list(options.values)
+    elif isinstance(options, UniformOptions) and options.integer:
+        values = [options.low, options.high]
+    elif isinstance(options, GaussianOptions) and options.integer and None not in options.bounds():
+        values = [options.min, options.max]
+    else:
+        builder.problem(
+            loc,
+            "the length must come from sample/category, or from sample/uniform or sample/gaussian"
+            " with integer: true (and min and max for gaussian)",
+        )
+        return
+    for value in values:
+        try:
+            turns = target.exchanges(value)
+        except ValueError as exc:
+            builder.problem(loc, f"{options.name} may give {value!r}: {exc}")
+            continue
+        if not low <= turns <= high:
+            builder.problem(
+                loc, f"{options.name} may give {value!r}, that is {turns} exchanges, outside min_turns..max_turns ({low}..{high})"
+            )
 
 
 def find_task_files(paths: list[str]) -> list[Path]:

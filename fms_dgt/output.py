@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 FINAL = "final_data.jsonl"
 FORMATTED = "formatted_output.jsonl"
 SUMMARY = "run_summary.json"
+# The task as this run understood it (for the analysis report and provenance).
+TASK_SNAPSHOT = "task.json"
+# Derived files, rewritten by every run, deleted by --restart.
+REPORTS = ("report.json", "report.md", "report.png")
 LOCK = ".lock"
 
 
@@ -55,7 +59,8 @@ class OutputStore:
             raise ConfigError(Problem(f"cannot write the output folder: {exc.strerror}", file=self.dir)) from None
         try:
             if restart:
-                for path in (self.final_path, self.formatted_path, self.summary_path):
+                derived = [self.dir / name for name in (TASK_SNAPSHOT, *REPORTS)]
+                for path in (self.final_path, self.formatted_path, self.summary_path, *derived):
                     path.unlink(missing_ok=True)
             existing = self._load_existing()
             self._final = self.final_path.open("a", encoding="utf-8")
@@ -144,9 +149,10 @@ class OutputStore:
         self.count += 1
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        tmp = self.summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.summary_path)
+        _write_json(self.summary_path, summary)
+
+    def write_task(self, snapshot: dict[str, Any]) -> None:
+        _write_json(self.dir / TASK_SNAPSHOT, snapshot)
 
     def close(self) -> None:
         for handle in (self._final, self._formatted):
@@ -156,6 +162,16 @@ class OutputStore:
                 handle.close()
         self._final = self._formatted = None
         if self._lock is not None:
+            # A clean exit leaves no pid behind, so only a killed run's lock is reported as taken over.
+            self._lock.truncate(0)
+            self._lock.flush()
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically: a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -29,6 +29,7 @@ from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.progress import Progress
+from fms_dgt.report import write_report
 from fms_dgt.stages import STAGES, DropConversation, Stage
 from fms_dgt.stages.base import ConversationContext, Resources
 from fms_dgt.stats import RunStats
@@ -110,12 +111,23 @@ class Runner:
     async def run_conversation(self, attempt: int) -> Outcome:
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(rng=rng)
-        min_turns, max_turns = self.config.min_turns, self.config.max_turns
+        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns)
+        min_turns = self.config.min_turns
+        target = self.config.target_turns
         try:
             for stage in self.init_stages:
                 await stage(conv, ctx)
-            while ctx.turn < max_turns:
+                # The length is known as soon as its attribute is sampled, so that later
+                # initialization stages (lm/conversation) can use it.
+                if target is not None and conv.target_turns is None and target.attribute in conv.attributes:
+                    conv.target_turns = ctx.max_turns = self._target_turns(conv)
+                    ctx.exact_turns = True
+            if target is not None and conv.target_turns is None:
+                raise DropConversation("target_turns_missing")
+            # A stage such as lm/conversation may already have written the whole chat.
+            conv.num_turns = ctx.turn = len(conv.contents("assistant"))
+            conv.stop_reason = "initialization" if not self.iteration_stages else "max_turns"
+            while self.iteration_stages and ctx.turn < ctx.max_turns:
                 mark = len(conv.steps)
                 try:
                     for stage in self.iteration_stages:
@@ -132,8 +144,6 @@ class Runner:
                 if ctx.last_turn:
                     conv.stop_reason = "flow_controller"
                     break
-            else:
-                conv.stop_reason = "max_turns"
             if conv.num_turns < min_turns:
                 raise DropConversation("below_min_turns")
             for stage in self.termination_stages:
@@ -144,12 +154,31 @@ class Runner:
             return Outcome(None, drop_reason="engine_error", engine_error=exc)
         return Outcome(conv)
 
+    def _target_turns(self, conv: Conversation) -> int:
+        """The exchanges ``target_turns`` asks of this conversation, within min/max_turns."""
+        target = self.config.target_turns
+        assert target is not None
+        value = conv.attributes[target.attribute]
+        try:
+            turns = target.exchanges(value)
+        except ValueError as exc:
+            logger.warning("target_turns: attribute %s: %s", target.attribute, exc)
+            raise DropConversation("target_turns_invalid") from None
+        if not self.config.min_turns <= turns <= self.config.max_turns:
+            logger.warning(
+                "target_turns: %s=%r asks for %d exchanges, outside min_turns..max_turns (%d..%d)",
+                target.attribute, value, turns, self.config.min_turns, self.config.max_turns,
+            )
+            raise DropConversation("target_turns_out_of_range")
+        return turns
+
     # -- the whole run ----------------------------------------------------------------------
 
     async def run(self) -> RunResult:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         self.store.open(restart=self.options.restart)
+        self.store.write_task(self.config.model_dump(mode="json", serialize_as_any=True))
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None
@@ -176,6 +205,8 @@ class Runner:
             summary = self._summary(started_at, time.perf_counter() - t0, before, target, status, error)
             self.store.write_summary(summary)
             self.store.close()
+            if status != "interrupted":
+                self._write_report()
         return RunResult(summary=summary, output_dir=self.store.dir, status=status, error=error)
 
     async def _generate(self, target: int, progress: Progress) -> None:
@@ -221,6 +252,13 @@ class Runner:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    def _write_report(self) -> None:
+        """The analysis report; a failure here is logged, never fatal: the data is on disk."""
+        try:
+            write_report(self.store.dir)
+        except Exception as exc:  # noqa: BLE001 - the report is a convenience
+            logger.warning("could not write the report: %s (run python -m fms_dgt.report %s)", exc, self.store.dir)
 
     def _summary(
         self,

@@ -102,10 +102,10 @@ class ChitChatResponder:
             chosen = [n for n in names if self.eligible is None or n in self.eligible] or names
             return {"reasoning": "these fit", "eligible_patterns": chosen}
         if schema is not None:
-            return {"hint": "Ask about the brown spots on the leaves."}
+            return {"focus": "the brown spots on the leaves"}
         if system.startswith("You write short scenarios"):
-            role = messages[-1]["content"].split("Begin with 'A ")[1].split("'")[0]
-            return f"A {role} wants to chat about saving some tomato plants from blight."
+            start = messages[-1]["content"].split("Begin with '")[1].split("'")[0]
+            return f"{start} wants to chat about saving some tomato plants from blight."
         if system.startswith("You are role-playing"):
             self.user_count += 1
             return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"

@@ -172,4 +172,4 @@ def test_api_key_never_written_or_logged(tmp_path: Path, monkeypatch: pytest.Mon
     assert secret not in captured.err + captured.out  # ...but never printed
     for file in (tmp_path / "out").rglob("*"):
         if file.is_file():
-            assert secret not in file.read_text()
+            assert secret.encode() not in file.read_bytes()

@@ -66,7 +66,7 @@ async def test_persona_stage_samples_from_file(tmp_path: Path) -> None:
     seen = Counter()
     for seed in range(300):
         conv = Conversation(task_name="t", conversation_id=str(seed))
-        await stage(conv, ConversationContext(rng=random.Random(seed)))
+        await stage(conv, ConversationContext(rng=random.Random(seed), max_turns=4))
         seen[conv.persona.persona.role] += 1  # type: ignore[union-attr]
     assert set(seen) == {"retired teacher", "night-shift nurse", "student"}
     assert min(seen.values()) > 60
@@ -100,7 +100,7 @@ async def test_scenario_prompt_sees_persona_and_examples(tmp_path: Path) -> None
     stage.setup()
     conv = Conversation(task_name="t", conversation_id="c")
     conv.steps.append(PersonaStep(content=render_persona(PERSONA), persona=PERSONA))
-    await stage(conv, ConversationContext(rng=random.Random(0)))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
     prompt = engine.calls[0].messages[-1]["content"]
     assert "Role: retired teacher." in prompt and "A baker asks about rye." in prompt
     assert conv.scenario == "A retired teacher wants to talk about tomatoes."  # quotes stripped
@@ -115,7 +115,7 @@ async def test_scenario_that_ignores_the_persona_is_rejected(tmp_path: Path) -> 
     conv = Conversation(task_name="t", conversation_id="c")
     conv.steps.append(PersonaStep(content=render_persona(PERSONA), persona=PERSONA))
     with pytest.raises(DropConversation, match="scenario_empty"):
-        await stage(conv, ConversationContext(rng=random.Random(0)))
+        await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
     assert len(engine.calls) == 3
 
 
@@ -125,7 +125,7 @@ def eligibility(names: list[str]) -> dict[str, Any]:
 
 async def test_flow_controller_samples_by_weight_among_eligible(tmp_path: Path) -> None:
     engine = ScriptedEngine(
-        responder=lambda m, schema, p: eligibility(["new_topic", "follow_up"]) if "eligible_patterns" in schema["properties"] else {"hint": "Ask about rain."}
+        responder=lambda m, schema, p: eligibility(["new_topic", "follow_up"]) if "eligible_patterns" in schema["properties"] else {"focus": "the rain"}
     )
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
@@ -133,7 +133,7 @@ async def test_flow_controller_samples_by_weight_among_eligible(tmp_path: Path) 
     chosen = Counter()
     for seed in range(2000):
         conv = conversation(("hi", "hello"))
-        await stage(conv, ConversationContext(rng=random.Random(seed), turn=1))
+        await stage(conv, ConversationContext(rng=random.Random(seed), max_turns=4, turn=1))
         chosen[conv.steps[-1].pattern] += 1  # type: ignore[union-attr]
     # weights 0.3 and 0.6 among the two eligible: expect 1/3 and 2/3
     assert set(chosen) == {"new_topic", "follow_up"}
@@ -141,12 +141,12 @@ async def test_flow_controller_samples_by_weight_among_eligible(tmp_path: Path) 
 
 
 async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"hint": "Ask how often to water."}])
+    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"focus": "how often to water"}])
     res = resources(tmp_path, engine, min_turns=3)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
     conv = conversation(("my tomatoes have spots", "Probably blight."))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     prompt = engine.calls[0].messages[-1]["content"]
     assert SCENARIO in prompt and "User: my tomatoes have spots" in prompt and "Assistant: Probably blight." in prompt
     assert "- follow_up: Dig deeper." in prompt
@@ -154,8 +154,10 @@ async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
     assert engine.calls[0].schema["properties"]["eligible_patterns"]["items"]["enum"] == ["new_topic", "follow_up"]
     step = conv.steps[-1]
     assert isinstance(step, FlowControllerStep)
-    assert (step.pattern, step.hint, step.terminate, step.fallback) == ("follow_up", "Ask how often to water.", False, None)
-    assert "Template instruction: Ask a follow-up." in engine.calls[1].messages[-1]["content"]
+    assert (step.pattern, step.hint, step.terminate, step.fallback) == (
+        "follow_up", "Ask a follow-up. Focus on: how often to water.", False, None
+    )
+    assert "Instruction the user will follow: Ask a follow-up." in engine.calls[1].messages[-1]["content"]
 
 
 async def test_flow_controller_bad_json_falls_back_and_is_recorded(tmp_path: Path) -> None:
@@ -164,7 +166,7 @@ async def test_flow_controller_bad_json_falls_back_and_is_recorded(tmp_path: Pat
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
     conv = conversation(("a", "b"), ("c", "d"))
-    await stage(conv, ConversationContext(rng=random.Random(3), turn=2))
+    await stage(conv, ConversationContext(rng=random.Random(3), max_turns=4, turn=2))
     step = conv.steps[-1]
     assert isinstance(step, FlowControllerStep)
     assert step.fallback == "invalid_eligibility_json"
@@ -175,32 +177,34 @@ async def test_flow_controller_bad_json_falls_back_and_is_recorded(tmp_path: Pat
     assert len(engine.calls) == 6
 
 
-async def test_flow_controller_question_hint_falls_back_to_template(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"hint": "What kind of soil do you use?"}])
+async def test_flow_controller_question_focus_falls_back_to_template(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=[eligibility(["follow_up"]), {"focus": "What kind of soil do you use?"}])
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
     conv = conversation(("a", "b"))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     assert conv.steps[-1].hint == "Ask a follow-up."  # type: ignore[union-attr]
-    assert conv.steps[-1].fallback == "hint_not_an_instruction"  # type: ignore[union-attr]
+    assert conv.steps[-1].fallback == "focus_not_a_topic"  # type: ignore[union-attr]
+    assert conv.steps[-1].metadata == {"rejected_focus": "What kind of soil do you use?"}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
-    ("hint", "ok"),
-    [("Ask how the rain affected the leaves.", True), ("Thank the assistant and say goodbye.", True),
-     ("What kind of soil do you use?", False), ("Let's talk about other topics.", False),
-     ("I love sourdough!", False), ("Thank you for your help! I will visit Spain.", False)],
+    ("focus", "ok"),
+    [("how the rain affected the leaves", True), ("the eBird app the assistant mentioned", True),
+     ("What kind of soil do you use?", False), ("Let's talk about other topics", False),
+     ("I love sourdough!", False), ("Thank you for your help! I will visit Spain.", False),
+     ("", False), ("chit_chat", False), ("a very long focus that goes on and on and never stops naming one more thing after another", False)],
 )
-def test_adapted_hint_must_be_an_instruction(hint: str, ok: bool) -> None:
-    from fms_dgt.stages.flow_controller import _is_instruction
+def test_focus_must_be_a_short_topic(focus: str, ok: bool) -> None:
+    from fms_dgt.stages.flow_controller import _is_topic
 
-    assert _is_instruction(hint) is ok
+    assert _is_topic(focus) is ok
 
 
 async def test_flow_controller_one_call_mode(tmp_path: Path) -> None:
-    reply = {"reasoning": "ok", "moves": [{"pattern": "follow_up", "hint": "Ask how often to water the beds."},
-                                          {"pattern": "new_topic", "hint": "What about basil?"}]}
+    reply = {"reasoning": "ok", "moves": [{"pattern": "follow_up", "focus": "how often to water the beds"},
+                                          {"pattern": "new_topic", "focus": "What about basil?"}]}
     engine = ScriptedEngine(responder=lambda m, schema, p: reply)
     res = resources(tmp_path, engine)
     data = task_dict(tmp_path)
@@ -211,35 +215,36 @@ async def test_flow_controller_one_call_mode(tmp_path: Path) -> None:
     seen: dict[str, str] = {}
     for seed in range(40):
         conv = conversation(("hi", "hello"))
-        await stage(conv, ConversationContext(rng=random.Random(seed), turn=1))
+        await stage(conv, ConversationContext(rng=random.Random(seed), max_turns=4, turn=1))
         step = conv.steps[-1]
         seen[step.pattern] = step.hint  # type: ignore[union-attr]
     assert len(engine.calls) == 40  # exactly one call per exchange
-    assert "Template instruction: Ask a follow-up." in engine.calls[0].messages[-1]["content"]
-    assert seen == {"follow_up": "Ask how often to water the beds.", "new_topic": "Bring up a topic."}
+    assert '"focus"' in engine.calls[0].messages[-1]["content"]
+    assert seen == {"follow_up": "Ask a follow-up. Focus on: how often to water the beds.", "new_topic": "Bring up a topic."}
 
 
 async def test_flow_controller_termination_marks_last_turn(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=[eligibility(["end"]), {"hint": "Say thanks and goodbye."}])
+    engine = ScriptedEngine(replies=[eligibility(["end"]), {"focus": "the tomato harvest"}])
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
-    ctx = ConversationContext(rng=random.Random(0), turn=2)
+    ctx = ConversationContext(rng=random.Random(0), max_turns=4, turn=2)
     conv = conversation(("a", "b"), ("c", "d"))
     await stage(conv, ctx)
     assert conv.steps[-1].terminate and ctx.last_turn  # type: ignore[union-attr]
 
 
 async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=[{"hint": "Say goodbye warmly."}])
+    engine = ScriptedEngine(replies=[{"focus": "the tomato harvest"}])
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
-    ctx = ConversationContext(rng=random.Random(0), turn=3)  # max_turns 4
+    ctx = ConversationContext(rng=random.Random(0), max_turns=4, turn=3)  # max_turns 4
     conv = conversation(("a", "b"), ("c", "d"), ("e", "f"))
     await stage(conv, ctx)
     assert conv.steps[-1].pattern == "end" and ctx.last_turn  # type: ignore[union-attr]
-    assert len(engine.calls) == 1  # only the hint
+    assert len(engine.calls) == 1  # only the focus
+    assert conv.steps[-1].hint == "Say goodbye. Focus on: the tomato harvest."  # type: ignore[union-attr]
 
 
 async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_path: Path) -> None:
@@ -249,7 +254,7 @@ async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_pat
     stage.setup()
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Mention the recent rain."))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     call = engine.calls[0]
     system = call.messages[0]["content"]
     assert "Role: retired teacher." in system and SCENARIO in system and "Mention the recent rain." in system
@@ -266,7 +271,7 @@ async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> 
     stage.setup()
     conv = conversation()
     conv.steps.append(FlowControllerStep(content="new_topic", pattern="new_topic", hint="Ask about leaf spots."))
-    await stage(conv, ConversationContext(rng=random.Random(0)))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
     messages = engine.calls[0].messages
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "Ask about leaf spots." in messages[1]["content"]
@@ -282,7 +287,7 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
     stage.setup()
     conv = conversation()
     conv.steps.append(FlowControllerStep(content="new_topic", pattern="new_topic", hint="Ask about leaf spots."))
-    await stage(conv, ConversationContext(rng=random.Random(0)))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
     assert "- ugh my sourdough died again" in engine.calls[0].messages[0]["content"]
 
 
@@ -293,6 +298,11 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
         ("Sure, let's start with the basics.", "sounds_like_assistant"),
         ("I hope you find this helpful. Let me know if there's anything else!", "sounds_like_assistant"),
         ("I'm glad you found it helpful. I'm here to assist you.", "sounds_like_assistant"),
+        # seen on qwen2.5-1.5b playing the user
+        ("Hi there! I'm always here to answer questions. What would you like to know about astronomy?",
+         "sounds_like_assistant"),
+        ("Hey there AI! I'm a curious astronomer. What's on your mind?", "sounds_like_assistant"),
+        ("So many fascinating topics. What specific aspect of physics are you curious about?", "sounds_like_assistant"),
         ("my tomatoes have spots!", "repeats_itself"),
         ("Probably early blight, a fungal disease.", "echoes_assistant"),
         ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),
@@ -313,7 +323,7 @@ async def test_user_closing_message_gets_direction_and_must_not_ask(tmp_path: Pa
     stage.setup()
     conv = conversation(("spots?", "Blight."))
     conv.steps.append(FlowControllerStep(content="end", pattern="end", hint="Say goodbye.", terminate=True))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1, last_turn=True))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1, last_turn=True))
     last = engine.calls[0].messages[-1]
     assert last["role"] == "user" and last["content"].startswith("Blight.") and "this is your last message" in last["content"]
     assert conv.steps[-1].content == "thanks, that helps a lot, bye!"
@@ -327,7 +337,7 @@ async def test_user_retries_bad_drafts_then_drops(tmp_path: Path) -> None:
     stage.setup()
     conv = conversation(("a question", "an answer"))
     with pytest.raises(DropConversation, match="user_sounds_like_assistant"):
-        await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+        await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     temps = [c.params["temperature"] for c in engine.calls]
     assert temps == sorted(temps) and temps[0] < temps[-1]
 
@@ -338,7 +348,7 @@ async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> N
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("spots?", "Blight."))
     conv.steps.append(MessageStep(role="user", content="what now?"))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     sent = engine.calls[0].messages
     text = " ".join(m["content"] for m in sent)
     assert SCENARIO not in text and "retired teacher" not in text
@@ -360,7 +370,7 @@ async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None
     engine._send = send  # type: ignore[method-assign]
     conv = conversation()
     conv.steps.append(MessageStep(role="user", content="hi"))
-    await stage(conv, ConversationContext(rng=random.Random(0)))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
     assert conv.steps[-1].content == "First sentence."
 
 
@@ -371,6 +381,23 @@ async def test_assistant_reply_that_copies_an_earlier_one_is_rewritten(tmp_path:
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("ideas for rain?", earlier))
     conv.steps.append(MessageStep(role="user", content="more?"))
-    await stage(conv, ConversationContext(rng=random.Random(0), turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     assert conv.steps[-1].content == "Try a blanket fort and a puppet show."
     assert res.stats.rejected_drafts["assistant:repeat"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "trimmed"),
+    [
+        ("One sentence. Two sent", "One sentence."),
+        ("Hello there.", "Hello there."),
+        # a list cut by max_tokens right after an item number or heading (seen on qwen2.5-1.5b)
+        ("Tips:\n1. Look in parks.\n2. Use guides.\n5.", "Tips:\n1. Look in parks.\n2. Use guides."),
+        ("Guide:\n### 1. **Age**\n- Count years.\n\n### 3.", "Guide:\n### 1. **Age**\n- Count years."),
+        ("Tips:\n1. Look in parks.\n2. Use gui", "Tips:\n1. Look in parks."),
+    ],
+)
+def test_trim_unfinished(text: str, trimmed: str) -> None:
+    from fms_dgt.stages.text import trim_unfinished
+
+    assert trim_unfinished(text) == trimmed

@@ -6,12 +6,15 @@ assistant would not know them either.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
 from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished
+from fms_dgt.templates import render
 
 SYSTEM = (
     "You are a helpful, friendly AI assistant. Reply to the user's last message accurately and"
@@ -20,8 +23,17 @@ SYSTEM = (
 
 
 class AssistantOptions(LMStageOptions):
-    system_prompt: str = Field(SYSTEM, description="The assistant's instructions (not written to the output).")
+    system_prompt: str = Field(
+        SYSTEM, description="The assistant's instructions; a Jinja2 template (e.g. '{{ assistant_system_prompt }}')."
+    )
+    show_system_prompt: bool = Field(
+        False,
+        description="Record the system prompt in the conversation: it becomes the first message of"
+        " formatted_output.jsonl, so the model is trained with it.",
+    )
     max_attempts: int = Field(2, ge=1)
+
+    template_fields: ClassVar[tuple[str, ...]] = ("system_prompt", "instructions")
 
 
 @register_stage("lm/assistant/naive")
@@ -31,8 +43,19 @@ class AssistantStage(LMStage):
     default_max_tokens = 200
     default_temperature = 0.7
 
+    def system_prompt(self, conv: Conversation) -> str:
+        """The recorded system prompt if there is one (it is fixed once shown), else a fresh one."""
+        recorded = conv.last("system")
+        if recorded is not None:
+            return recorded.content
+        parts = (render(self.options.system_prompt, conv), self.instructions(conv))
+        system = "\n\n".join(p for p in parts if p)
+        if self.options.show_system_prompt:
+            conv.steps.append(MessageStep(role="system", content=system, stage_name=self.name))
+        return system
+
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
-        messages = [{"role": "system", "content": self.options.system_prompt}]
+        messages = [{"role": "system", "content": self.system_prompt(conv)}]
         messages += [m for m in conv.messages() if m["role"] in ("user", "assistant")]
         earlier = conv.contents("assistant")
         for attempt in range(1, self.options.max_attempts + 1):

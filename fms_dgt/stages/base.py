@@ -18,6 +18,7 @@ from fms_dgt.engines.base import ChatResult, Message, Schema
 from fms_dgt.lm_client import LMClient
 from fms_dgt.registry import Registry
 from fms_dgt.stats import RunStats
+from fms_dgt.templates import render
 
 
 class DropConversation(Exception):  # noqa: N818 - a signal, not an error
@@ -43,9 +44,13 @@ class ConversationContext:
     """Per-conversation state the runner passes to every stage call."""
 
     rng: random.Random
+    # Most exchanges for this conversation: the task's max_turns, or its target_turns.
+    max_turns: int
     turn: int = 0  # 0-based index of the exchange being produced
     # Set by a stage (the flow controller) when the exchange being produced is the last one.
     last_turn: bool = False
+    # True when max_turns is this conversation's exact requested length (target_turns).
+    exact_turns: bool = False
 
 
 class Stage(ABC):
@@ -85,8 +90,11 @@ class LMStage(Stage):
         *,
         schema: Schema | None = None,
         temperature: float | None = None,
+        max_tokens: int | None = None,
         **params: Any,
     ) -> ChatResult:
+        """One call on the stage's engine. The task's ``max_tokens`` for the stage wins over the
+        caller's, which wins over the stage's default."""
         assert self.resources.lm is not None, "LM stages need an LM client"
         # A seed drawn from the conversation's generator makes runs reproducible with --seed,
         # unless the engine config pins one seed for every call.
@@ -101,10 +109,15 @@ class LMStage(Stage):
             self.name,
             messages,
             schema=schema,
-            max_tokens=self.options.max_tokens or self.default_max_tokens,
+            max_tokens=self.options.max_tokens or max_tokens or self.default_max_tokens,
             temperature=temperature,
             **params,
         )
+
+    def instructions(self, conv: Conversation) -> str:
+        """The task's extra ``instructions`` for this stage, rendered for ``conv`` ('' if none)."""
+        source = self.options.instructions
+        return render(source, conv) if source else ""
 
     def provenance(self, result: ChatResult, **extra: Any) -> dict[str, Any]:
         """Step metadata: which engine and model wrote it, and what it cost."""

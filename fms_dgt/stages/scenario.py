@@ -7,7 +7,7 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, ScenarioStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, first_sentences, words
+from fms_dgt.stages.text import clean_reply, first_sentences, with_article, words
 
 SYSTEM = (
     "You write short scenarios for simulated chats between a person and an AI assistant. "
@@ -40,7 +40,14 @@ class ScenarioStage(LMStage):
         if k:
             shown = "\n".join(f"- {s}" for s in ctx.rng.sample(self.examples, k))
             parts.append(f"Examples of good scenarios (about other people):\n{shown}")
-        start = f" Begin with 'A {persona.persona.role}'." if persona is not None else ""
+        if persona is not None:
+            opening = with_article(persona.persona.role)
+            start = f" Begin with '{opening[0].upper()}{opening[1:]}'."
+        else:
+            start = ""
+        extra = self.instructions(conv)
+        if extra:
+            parts.append(extra)
         parts.append(
             "Write one new scenario for this person: 1 to 3 sentences saying what they want to talk"
             f" about with the AI assistant and why, about an everyday topic that fits them.{start}"

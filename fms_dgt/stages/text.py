@@ -25,16 +25,26 @@ def clean_reply(text: str) -> str:
     return text
 
 
+def with_article(noun: str) -> str:
+    """'a nurse', 'an astronomer': small models copy a wrong article from the prompt."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def first_sentences(text: str, limit: int) -> str:
     """At most ``limit`` sentences, for replies that run on."""
     sentences = _SENTENCE_END.split(text.strip())
     return " ".join(sentences[:limit]).strip()
 
 
+# The start of a list item or heading that max_tokens cut off: "5.", "### 3.", "- **Tip".
+_DANGLING_ITEM = re.compile(r"\n[ \t]*(#+[ \t]*)?(\d+\.|[-*])?[ \t]*(\*\*)?[^\n.!?]{0,40}$")
+
+
 def trim_unfinished(text: str) -> str:
     """Cut a reply that hit max_tokens back to its last complete sentence, when it has one."""
     text = text.rstrip()
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    text = _DANGLING_ITEM.sub("", text).rstrip() if "\n" in text else text
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
     if text.endswith((".", "!", "?")) or cut < 0:
         return text
     return text[: cut + 1]

@@ -16,13 +16,16 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_run
+from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_run, with_article
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
 _ASSISTANT_VOICE = re.compile(
     r"\b(how (can|may) i (help|assist)|(can|could|may) i (help|assist) you|"
     r"i('d| would) be (happy|glad) to (help|assist)|as an ai\b|i('m| am) an ai\b|language model|"
-    r"is there anything else|anything else (i|we) can|i('m| am) here to (help|assist)|"
+    r"is there anything else|anything else (i|we) can|i('m| am) (always )?here to (help|assist|answer|support)|"
+    r"what would you like to (know|discuss|talk about|learn)|what's on your mind|what can i do for you|"
+    r"what (specific )?(topics?|aspects?|areas?)\b[^.?!]{0,60}\b(are you|you're) (interested|curious)|"
+    r"do you have any (other |more )?questions|"
     r"feel free to ask|let me know if (you|there)|happy to assist|great question|ready to help|"
     r"what do you need help with|how can i be of|what else would you like to know|"
     r"glad (you found|i could help|to have been)|i hope (you find|this helps|that helps))",
@@ -37,7 +40,7 @@ _ASSISTANT_OPENER = re.compile(
 
 # Before the first message there is no assistant turn to answer; this direction takes its place.
 OPENING = (
-    "(Stage direction, not part of the chat. You are {role}. {hint} Now write your first message"
+    "(Stage direction, not part of the chat. You are {role}. {extra}{hint} Now write your first message"
     " to the AI assistant, as yourself.)"
 )
 
@@ -50,7 +53,9 @@ class UserOptions(LMStageOptions):
     max_sentences: int = Field(4, ge=1, description="Longer drafts are cut to this many sentences.")
 
 
-def system_prompt(conv: Conversation, hint: str | None, closing: bool, examples: list[str]) -> str:
+def system_prompt(
+    conv: Conversation, hint: str | None, closing: bool, examples: list[str], extra: str = ""
+) -> str:
     persona = conv.persona
     who = persona.content if persona else "An ordinary person."
     ending = (
@@ -59,6 +64,8 @@ def system_prompt(conv: Conversation, hint: str | None, closing: bool, examples:
         else ""
     )
     instruction = f"What to do in your next message: {hint}{ending}\n\n" if hint else ""
+    extra = f"{extra}\n\n" if extra else ""
+    situation = f"Your situation: {conv.scenario}\n\n" if conv.scenario else ""
     voice = ""
     if examples:
         shown = "\n".join(f"- {e}" for e in examples)
@@ -68,8 +75,7 @@ def system_prompt(conv: Conversation, hint: str | None, closing: bool, examples:
         " not the assistant: you ask about what you need and react to the answers; you never"
         " offer help, never give the assistant advice and never answer your own questions.\n\n"
         f"Who you are:\n{who}\n\n"
-        f"Your situation: {conv.scenario or 'You are chatting casually.'}\n\n"
-        f"{voice}{instruction}"
+        f"{situation}{voice}{extra}{instruction}"
         "Write only your next message, in the first person and in your own voice: 1 to 3 short"
         " sentences of plain text, with no quotation marks and no name or role label. Do not"
         " copy the description of your situation."
@@ -79,7 +85,7 @@ def system_prompt(conv: Conversation, hint: str | None, closing: bool, examples:
 CLOSING = "(Stage direction, not part of the chat: this is your last message. {hint})"
 
 
-def swapped_history(conv: Conversation, hint: str, closing: bool = False) -> list[dict[str, str]]:
+def swapped_history(conv: Conversation, hint: str, closing: bool = False, extra: str = "") -> list[dict[str, str]]:
     """The chat so far with roles swapped, ending with the assistant's last reply as ``user``.
 
     For the first message, a stage direction carrying the hint stands in for that reply; for the
@@ -93,9 +99,9 @@ def swapped_history(conv: Conversation, hint: str, closing: bool = False) -> lis
         if m["role"] in swap
     ]
     if not history:
-        role = conv.persona.persona.role if conv.persona else "an ordinary person"
-        article = "an" if role[:1].lower() in "aeiou" else "a"
-        history = [{"role": "user", "content": OPENING.format(role=f"{article} {role}", hint=hint)}]
+        role = with_article(conv.persona.persona.role) if conv.persona else "an ordinary person"
+        extra = f"{extra} " if extra else ""
+        history = [{"role": "user", "content": OPENING.format(role=role, extra=extra, hint=hint)}]
     elif closing:
         last = history[-1]
         history[-1] = {"role": "user", "content": f"{last['content']}\n\n{CLOSING.format(hint=hint)}"}
@@ -141,10 +147,12 @@ class UserStage(LMStage):
         step = conv.last("flow_controller")
         hint = step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
         first = not conv.contents("assistant")
+        extra = self.instructions(conv)
         messages = [
-            # The first message's hint travels in the opening direction instead.
-            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn, examples)},
-            *swapped_history(conv, hint, closing=ctx.last_turn and not first),
+            # The first message's hint travels in the opening direction instead, with the
+            # task's instructions repeated there: small models heed a direction more.
+            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn, examples, extra)},
+            *swapped_history(conv, hint, closing=ctx.last_turn and not first, extra=extra),
         ]
         rejected: list[dict[str, Any]] = []
         for attempt in range(1, self.options.max_attempts + 1):

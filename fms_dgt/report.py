@@ -1,0 +1,410 @@
+"""Analysis report of an output folder: ``python -m fms_dgt.report output/<task_name>``.
+
+Reads ``final_data.jsonl`` (and ``task.json`` and ``run_summary.json`` beside it) and writes
+``report.json``, a readable ``report.md`` and, when matplotlib is installed, ``report.png``:
+
+- each sampled attribute's distribution against the configured weights;
+- requested against achieved exchanges (exact-match rate) and the exchanges' distribution;
+- flow-controller pattern frequencies against the patterns' weights;
+- persona coverage; judge score histograms; tokens per conversation; drops by reason;
+- lexical diversity: distinct-1/2 over user and over assistant messages, and the share of
+  messages that exactly duplicate another.
+
+The runner writes it at the end of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from fms_dgt.conversation import Conversation
+from fms_dgt.output import REPORTS, TASK_SNAPSHOT
+from fms_dgt.stages.text import words
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = REPORTS
+
+
+def _shares(counts: Counter[Any]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {str(k): round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "count": len(values),
+        "mean": round(statistics.fmean(values), 3),
+        "stdev": round(statistics.pstdev(values), 3),
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+    }
+
+
+def _max_gap(observed: dict[str, float], expected: dict[str, float]) -> float:
+    keys = set(observed) | set(expected)
+    return round(max((abs(observed.get(k, 0.0) - expected.get(k, 0.0)) for k in keys), default=0.0), 4)
+
+
+def expected_distributions(task: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the task asks of each sampled attribute: expected shares or numeric settings."""
+    configured: dict[str, dict[str, Any]] = {}
+    stages = [s for key in ("initialization_stages", "iteration_stages") for s in task.get(key, [])]
+    for stage in stages:
+        name, attribute = stage.get("name"), stage.get("attribute")
+        if name == "sample/category":
+            weights = stage.get("weights") or [1.0] * len(stage["values"])
+            total = sum(weights)
+            configured[attribute] = {
+                "sampler": name,
+                "expected": {str(v): round(w / total, 4) for v, w in zip(stage["values"], weights)},
+            }
+        elif name == "sample/subcategory":
+            parent = configured.get(stage["parent"], {}).get("expected")
+            expected: dict[str, float] = defaultdict(float)
+            if parent:
+                for value, share in parent.items():
+                    subs = stage["values"].get(value, [])
+                    for sub in subs:
+                        expected[str(sub)] += share / len(subs)
+            configured[attribute] = {
+                "sampler": name,
+                "expected": {k: round(v, 4) for k, v in expected.items()} if parent else None,
+            }
+        elif name in ("sample/uniform", "sample/gaussian"):
+            settings = {k: v for k, v in stage.items() if k not in ("name", "attribute")}
+            configured[attribute] = {"sampler": name, "settings": settings}
+    return configured
+
+
+def _pattern_weights(task: dict[str, Any]) -> dict[str, float]:
+    for stage in task.get("iteration_stages", []):
+        if stage.get("name") == "lm/flow_controller":
+            total = sum(p["weight"] for p in stage["patterns"]) or 1.0
+            return {p["name"]: round(p["weight"] / total, 4) for p in stage["patterns"]}
+    return {}
+
+
+def _persona_file_size(task: dict[str, Any]) -> int | None:
+    for stage in task.get("initialization_stages", []):
+        if stage.get("name") == "sample/persona":
+            path = Path(stage["persona_store"]["data_path"])
+            try:
+                return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            except OSError:
+                return None
+    return None
+
+
+def diversity(messages: list[str]) -> dict[str, Any]:
+    """distinct-n = distinct n-grams / all n-grams over the messages; duplicates are exact
+    repeats (case and spacing ignored) of an earlier message."""
+    grams: dict[int, Counter[tuple[str, ...]]] = {1: Counter(), 2: Counter()}
+    for text in messages:
+        tokens = words(text)
+        for n, counter in grams.items():
+            counter.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    normalised = Counter(" ".join(m.lower().split()) for m in messages)
+    duplicates = sum(c - 1 for c in normalised.values())
+    result: dict[str, Any] = {"messages": len(messages)}
+    for n, counter in grams.items():
+        total = sum(counter.values())
+        result[f"distinct_{n}"] = round(len(counter) / total, 4) if total else None
+    result["exact_duplicate_share"] = round(duplicates / len(messages), 4) if messages else None
+    return result
+
+
+def build_report(folder: Path) -> dict[str, Any]:
+    """Compute the report of one output folder (nothing is written)."""
+    final = folder / "final_data.jsonl"
+    conversations = [
+        Conversation.model_validate_json(line)
+        for line in final.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ] if final.exists() else []
+    task = _read_json(folder / TASK_SNAPSHOT) or {}
+    summary = _read_json(folder / "run_summary.json") or {}
+
+    configured = expected_distributions(task)
+    values: dict[str, list[Any]] = defaultdict(list)
+    judged: dict[str, Counter[int]] = defaultdict(Counter)
+    patterns: Counter[str] = Counter()
+    personas: Counter[str] = Counter()
+    turns: Counter[int] = Counter()
+    by_target: dict[int, Counter[int]] = defaultdict(Counter)
+    tokens: list[float] = []
+    texts: dict[str, list[str]] = {"user": [], "assistant": []}
+    judge_rubrics: set[str] = set()
+    for conv in conversations:
+        turns[conv.num_turns] += 1
+        if conv.target_turns is not None:
+            by_target[conv.target_turns][conv.num_turns] += 1
+        spent = 0
+        for step in conv.steps:
+            spent += int(step.metadata.get("prompt_tokens", 0)) + int(step.metadata.get("completion_tokens", 0))
+            if step.role == "flow_controller":
+                patterns[step.pattern] += 1
+            elif step.role == "persona":
+                personas[step.persona.model_dump_json()] += 1
+            elif step.role == "judge":
+                for name, score in step.scores.items():
+                    judged[name][score.score] += 1
+                    judge_rubrics.add(name)
+            elif step.role in texts:
+                texts[step.role].append(step.content)
+        tokens.append(spent)
+        for name, value in conv.attributes.items():
+            if name not in judge_rubrics:
+                values[name].append(value)
+
+    attributes: dict[str, Any] = {}
+    for name, seen in sorted(values.items()):
+        config = configured.get(name, {})
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
+        if config.get("sampler") in ("sample/uniform", "sample/gaussian") or (numeric and not config):
+            attributes[name] = {"kind": "numeric", **(_stats([float(v) for v in seen]) or {}), **config}
+        elif config or all(isinstance(v, str | int | float | bool) and len(str(v)) <= 60 for v in seen):
+            observed = _shares(Counter(str(v) for v in seen))
+            entry: dict[str, Any] = {
+                "kind": "categorical",
+                "counts": dict(Counter(str(v) for v in seen).most_common()),
+                "observed": observed,
+            }
+            if config.get("expected"):
+                entry["expected"] = config["expected"]
+                entry["max_abs_gap"] = _max_gap(observed, config["expected"])
+            attributes[name] = entry
+        else:
+            lengths = [len(str(v)) for v in seen]
+            attributes[name] = {
+                "kind": "text",
+                "count": len(seen),
+                "distinct": len({str(v) for v in seen}),
+                "mean_chars": round(statistics.fmean(lengths), 1),
+            }
+
+    requested = sum(sum(c.values()) for c in by_target.values())
+    exact = sum(c[t] for t, c in by_target.items())
+    pattern_weights = _pattern_weights(task)
+    persona_total = _persona_file_size(task)
+    observed_patterns = _shares(patterns)
+    report: dict[str, Any] = {
+        "folder": str(folder),
+        "conversations": len(conversations),
+        "attributes": attributes,
+        "turns": {
+            "distribution": {str(k): v for k, v in sorted(turns.items())},
+            "with_requested_length": requested,
+            "exact_match": exact,
+            "exact_match_rate": round(exact / requested, 4) if requested else None,
+            "by_requested": {
+                str(t): {
+                    "count": sum(c.values()),
+                    "exact": c[t],
+                    "achieved": {str(k): v for k, v in sorted(c.items())},
+                }
+                for t, c in sorted(by_target.items())
+            },
+        },
+        "patterns": {
+            "counts": dict(patterns.most_common()),
+            "observed": observed_patterns,
+            "weight_share": pattern_weights,
+            "max_abs_gap": _max_gap(observed_patterns, pattern_weights) if pattern_weights and patterns else None,
+        },
+        "personas": {
+            "distinct_used": len(personas),
+            "in_file": persona_total,
+            "coverage": round(len(personas) / persona_total, 4) if persona_total else None,
+        },
+        "judges": {
+            name: {
+                "histogram": {str(k): v for k, v in sorted(counter.items())},
+                "mean": round(statistics.fmean(counter.elements()), 3),
+            }
+            for name, counter in sorted(judged.items())
+        },
+        "tokens_per_conversation": _stats(tokens),
+        "drops": {
+            "note": "from run_summary.json: the last run only",
+            "dropped": summary.get("dropped", {}),
+            "rescued": summary.get("rescued", {}),
+        },
+        "diversity": {role: diversity(messages) for role, messages in texts.items()},
+    }
+    return report
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f} %"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    out = [f"# Report: {report['folder']}", "", f"{report['conversations']} conversations.", ""]
+    turns = report["turns"]
+    out += ["## Exchanges per conversation", ""]
+    if turns["with_requested_length"]:
+        out += [
+            f"Requested length met exactly: {turns['exact_match']}/{turns['with_requested_length']}"
+            f" ({_pct(turns['exact_match_rate'])}).",
+            "",
+            _table(
+                [[t, v["count"], v["exact"], ", ".join(f"{k}: {n}" for k, n in v["achieved"].items())]
+                 for t, v in turns["by_requested"].items()],
+                ["requested", "conversations", "exact", "achieved (exchanges: count)"],
+            ),
+            "",
+        ]
+    out += [_table([[k, v] for k, v in turns["distribution"].items()], ["exchanges", "conversations"]), ""]
+    for name, entry in report["attributes"].items():
+        out += [f"## Attribute `{name}` ({entry['kind']})", ""]
+        if entry["kind"] == "categorical":
+            expected = entry.get("expected", {})
+            keys = list(dict.fromkeys([*expected, *entry["observed"]]))
+            out.append(_table(
+                [[k, entry["counts"].get(k, 0), _pct(entry["observed"].get(k, 0.0)),
+                  _pct(expected.get(k)) if expected else ""] for k in keys],
+                ["value", "count", "observed", "expected"],
+            ))
+            if "max_abs_gap" in entry:
+                out += ["", f"Largest gap between observed and expected share: {_pct(entry['max_abs_gap'])}."]
+        elif entry["kind"] == "numeric":
+            keys = ("count", "mean", "stdev", "min", "median", "max")
+            out.append(_table([[entry.get(k, "") for k in keys]], list(keys)))
+            if entry.get("settings"):
+                out += ["", f"Configured ({entry['sampler']}): " + ", ".join(f"{k}={v}" for k, v in entry["settings"].items())]
+        else:
+            out.append(f"{entry['count']} values, {entry['distinct']} distinct, {entry['mean_chars']} characters on average.")
+        out.append("")
+    patterns = report["patterns"]
+    if patterns["counts"]:
+        out += ["## Flow-controller patterns", "",
+                "Patterns are drawn by weight among those the LM judged to fit, so shares may differ from weights.", ""]
+        keys = list(dict.fromkeys([*patterns["weight_share"], *patterns["counts"]]))
+        out += [_table(
+            [[k, patterns["counts"].get(k, 0), _pct(patterns["observed"].get(k, 0.0)),
+              _pct(patterns["weight_share"].get(k))] for k in keys],
+            ["pattern", "count", "observed", "weight share"],
+        ), ""]
+    personas = report["personas"]
+    if personas["distinct_used"]:
+        out += ["## Personas", "", f"{personas['distinct_used']} distinct personas used"
+                + (f" of {personas['in_file']} in the file ({_pct(personas['coverage'])})." if personas["in_file"] else "."), ""]
+    for name, judge in report["judges"].items():
+        out += [f"## Judge `{name}`", "", _table([[k, v] for k, v in judge["histogram"].items()], ["score", "conversations"]),
+                "", f"Mean score: {judge['mean']}.", ""]
+    tokens = report["tokens_per_conversation"]
+    if tokens:
+        out += ["## Tokens per conversation (prompt + completion)", "",
+                _table([[tokens[k] for k in ("mean", "median", "p90", "max")]], ["mean", "median", "p90", "max"]), ""]
+    drops = report["drops"]
+    if drops["dropped"] or drops["rescued"]:
+        out += ["## Drops and rescues (last run)", "", _table(
+            [[k, v, "dropped"] for k, v in drops["dropped"].items()] + [[k, v, "rescued"] for k, v in drops["rescued"].items()],
+            ["reason", "count", "outcome"],
+        ), ""]
+    out += ["## Lexical diversity", "", _table(
+        [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
+         for role, d in report["diversity"].items()],
+        ["role", "messages", "distinct-1", "distinct-2", "exact duplicates"],
+    ), ""]
+    return "\n".join(out)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Bar charts of the main distributions; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels: list[tuple[str, dict[str, float], dict[str, float] | None]] = []
+    turns = report["turns"]["distribution"]
+    total = sum(turns.values()) or 1
+    panels.append(("exchanges per conversation", {k: v / total for k, v in turns.items()}, None))
+    for name, entry in report["attributes"].items():
+        if entry["kind"] == "categorical":
+            panels.append((name, entry["observed"], entry.get("expected")))
+    if report["patterns"]["counts"]:
+        panels.append(("flow-controller patterns", report["patterns"]["observed"], report["patterns"]["weight_share"] or None))
+    for name, judge in report["judges"].items():
+        n = sum(judge["histogram"].values()) or 1
+        panels.append((f"judge: {name}", {k: v / n for k, v in judge["histogram"].items()}, None))
+    columns = 2
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(12, 3.2 * rows), squeeze=False)
+    for axis, (title, observed, expected) in zip(axes.flat, panels):
+        keys = list(dict.fromkeys([*(expected or {}), *observed]))
+        xs = range(len(keys))
+        axis.bar([x - 0.2 for x in xs], [observed.get(k, 0) for k in keys], width=0.4, label="observed")
+        if expected:
+            axis.bar([x + 0.2 for x in xs], [expected.get(k, 0) for k in keys], width=0.4, label="expected")
+            axis.legend(fontsize=7)
+        axis.set_xticks(list(xs), [k.split("/")[-1][:18] for k in keys], rotation=30, ha="right", fontsize=7)
+        axis.set_title(title, fontsize=9)
+        axis.set_ylabel("share", fontsize=7)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return True
+
+
+def write_report(folder: Path) -> dict[str, Any]:
+    """Compute the report and write report.json, report.md and (with matplotlib) report.png."""
+    report = build_report(folder)
+    (folder / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / REPORT_MD).write_text(to_markdown(report) + "\n", encoding="utf-8")
+    plot(report, folder / REPORT_PNG)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fms_dgt.report",
+        description="Write report.json, report.md (and report.png with matplotlib) for an output folder.",
+    )
+    parser.add_argument("folder", type=Path, help="an output folder, e.g. output/public/examples/chit_chat")
+    args = parser.parse_args(argv)
+    if not (args.folder / "final_data.jsonl").is_file():
+        print(f"error: {args.folder}: no final_data.jsonl here", file=sys.stderr)
+        return 2
+    try:
+        report = write_report(args.folder)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.folder}: {exc}", file=sys.stderr)
+        return 1
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
