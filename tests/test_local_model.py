@@ -47,3 +47,27 @@ def test_chit_chat_on_the_embedded_model(tmp_path: Path) -> None:
     assert summary["engines"]["default"]["type"] == "local"
     assert summary["engines"]["default"]["model"] == "qwen2.5-1.5b"
     assert summary["lm_calls"] >= 1 + 3 * conv.num_turns
+
+
+@needs_default_model
+def test_multi_turn_recipe_on_the_embedded_model(tmp_path: Path) -> None:
+    recipe = CHIT_CHAT.parent.parent / "multi_turn_chat/task.yaml"
+    code = main([
+        "--task-paths", str(recipe), "--num-outputs-to-generate", "1", "--restart",
+        "--output-dir", str(tmp_path), "--seed", "2", "--quiet",
+    ])
+    assert code == 0
+    out = tmp_path / "public/examples/multi_turn_chat"
+    conv = Conversation.model_validate_json((out / "final_data.jsonl").read_text())
+    messages = json.loads((out / "formatted_output.jsonl").read_text())["messages"]
+    # the generated system prompt leads the training example, then the exchanges
+    assert messages[0]["role"] == "system"
+    assert messages[0]["content"].startswith(conv.attributes["assistant_system_prompt"])
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * conv.num_turns
+    assert conv.target_turns == conv.attributes["conversation_length"] // 2
+    # the judge's structured reply fit its schema on the real engine
+    judge = conv.last("judge")
+    assert judge is not None and conv.attributes["user_toxicity"] in range(5)
+    report = json.loads((out / "report.json").read_text())
+    assert report["turns"]["with_requested_length"] == 1
+    assert report["turns"]["exact_match"] == int(conv.num_turns == conv.target_turns)

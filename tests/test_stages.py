@@ -303,6 +303,7 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
          "sounds_like_assistant"),
         ("Hey there AI! I'm a curious astronomer. What's on your mind?", "sounds_like_assistant"),
         ("So many fascinating topics. What specific aspect of physics are you curious about?", "sounds_like_assistant"),
+        ("I'm sorry to hear that the laptop is having trouble. Try the manual.", "sounds_like_assistant"),
         ("my tomatoes have spots!", "repeats_itself"),
         ("Probably early blight, a fungal disease.", "echoes_assistant"),
         ("I want to save her tomato plants from blight before the summer fair", "pastes_scenario"),

@@ -25,7 +25,7 @@ _ASSISTANT_VOICE = re.compile(
     r"is there anything else|anything else (i|we) can|i('m| am) (always )?here to (help|assist|answer|support)|"
     r"what would you like to (know|discuss|talk about|learn)|what's on your mind|what can i do for you|"
     r"what (specific )?(topics?|aspects?|areas?)\b[^.?!]{0,60}\b(are you|you're) (interested|curious)|"
-    r"do you have any (other |more )?questions|"
+    r"do you have any (other |more )?questions|(i'm|i am) sorry to hear|"
     r"feel free to ask|let me know if (you|there)|happy to assist|great question|ready to help|"
     r"what do you need help with|how can i be of|what else would you like to know|"
     r"glad (you found|i could help|to have been)|i hope (you find|this helps|that helps))",
