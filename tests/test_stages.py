@@ -310,11 +310,19 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
         ("", "empty"),
         ("thanks, bye! This is your last message.", "copies_direction"),
         ("ok, should I cut the spotted leaves off?", None),
+        # seen on qwen2.5-1.5b: the user leaves, then the next exchange talks past the goodbye
+        ("Great to hear! It's a pleasure to share it with my students. Have a great day!", "premature_goodbye"),
+        ("ok thanks, bye!", "premature_goodbye"),
     ],
 )
 def test_user_draft_rejections(draft: str, reason: str | None) -> None:
     conv = conversation(("my tomatoes have spots", "Probably early blight, a fungal disease."))
     assert rejection(draft, conv) == reason
+
+
+def test_a_goodbye_is_fine_in_the_closing_message() -> None:
+    conv = conversation(("my tomatoes have spots", "Probably early blight, a fungal disease."))
+    assert rejection("Thanks, I'll mulch this weekend. Bye!", conv, closing=True) is None
 
 
 async def test_user_closing_message_gets_direction_and_must_not_ask(tmp_path: Path) -> None:

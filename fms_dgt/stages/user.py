@@ -38,6 +38,12 @@ _ASSISTANT_OPENER = re.compile(
     re.IGNORECASE,
 )
 
+# A goodbye before the closing exchange leaves the next turns talking past it.
+_GOODBYE = re.compile(
+    r"\b(good ?bye|bye|have a (great|good|nice|wonderful) (day|one|night|evening|week|trip)|take care|see you)\b",
+    re.IGNORECASE,
+)
+
 # Before the first message there is no assistant turn to answer; this direction takes its place.
 OPENING = (
     "(Stage direction, not part of the chat. You are {role}. {extra}{hint} Now write your first message"
@@ -116,6 +122,8 @@ def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | No
         return "copies_direction"
     if closing and draft.rstrip().endswith("?"):
         return "closing_asks_question"  # a goodbye that opens a new question is no goodbye
+    if not closing and _GOODBYE.search(draft):
+        return "premature_goodbye"
     if _ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft):
         return "sounds_like_assistant"
     for earlier in conv.contents("user"):
