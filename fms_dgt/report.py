@@ -5,7 +5,8 @@ Reads ``final_data.jsonl`` (and ``task.json`` and ``run_summary.json`` beside it
 
 - each sampled attribute's distribution against the configured weights;
 - requested against achieved exchanges (exact-match rate) and the exchanges' distribution;
-- flow-controller pattern frequencies against the patterns' weights;
+- flow-controller pattern frequencies against the patterns' weights (openings and forced
+  closings apart);
 - persona coverage; judge score histograms; tokens per conversation; drops by reason;
 - lexical diversity: distinct-1/2 over user and over assistant messages, and the share of
   messages that exactly duplicate another.
@@ -141,6 +142,7 @@ def build_report(folder: Path) -> dict[str, Any]:
     values: dict[str, list[Any]] = defaultdict(list)
     judged: dict[str, Counter[int]] = defaultdict(Counter)
     patterns: Counter[str] = Counter()
+    free_patterns: Counter[str] = Counter()  # drawn by weight, not fixed as opening or closing
     personas: Counter[str] = Counter()
     turns: Counter[int] = Counter()
     by_target: dict[int, Counter[int]] = defaultdict(Counter)
@@ -156,6 +158,8 @@ def build_report(folder: Path) -> dict[str, Any]:
             spent += int(step.metadata.get("prompt_tokens", 0)) + int(step.metadata.get("completion_tokens", 0))
             if step.role == "flow_controller":
                 patterns[step.pattern] += 1
+                if not step.metadata.get("fixed_by"):
+                    free_patterns[step.pattern] += 1
             elif step.role == "persona":
                 personas[step.persona.model_dump_json()] += 1
             elif step.role == "judge":
@@ -199,7 +203,7 @@ def build_report(folder: Path) -> dict[str, Any]:
     exact = sum(c[t] for t, c in by_target.items())
     pattern_weights = _pattern_weights(task)
     persona_total = _persona_file_size(task)
-    observed_patterns = _shares(patterns)
+    observed_patterns = _shares(free_patterns)
     report: dict[str, Any] = {
         "folder": str(folder),
         "conversations": len(conversations),
@@ -220,9 +224,10 @@ def build_report(folder: Path) -> dict[str, Any]:
         },
         "patterns": {
             "counts": dict(patterns.most_common()),
+            "drawn_by_weight": dict(free_patterns.most_common()),
             "observed": observed_patterns,
             "weight_share": pattern_weights,
-            "max_abs_gap": _max_gap(observed_patterns, pattern_weights) if pattern_weights and patterns else None,
+            "max_abs_gap": _max_gap(observed_patterns, pattern_weights) if pattern_weights and free_patterns else None,
         },
         "personas": {
             "distinct_used": len(personas),
@@ -304,12 +309,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     patterns = report["patterns"]
     if patterns["counts"]:
         out += ["## Flow-controller patterns", "",
-                "Patterns are drawn by weight among those the LM judged to fit, so shares may differ from weights.", ""]
+                "*Drawn* counts exclude moves fixed as the opening or the closing one; they are drawn by weight"
+                " among the patterns the LM judged to fit, so their shares may differ from the weights.", ""]
         keys = list(dict.fromkeys([*patterns["weight_share"], *patterns["counts"]]))
         out += [_table(
-            [[k, patterns["counts"].get(k, 0), _pct(patterns["observed"].get(k, 0.0)),
-              _pct(patterns["weight_share"].get(k))] for k in keys],
-            ["pattern", "count", "observed", "weight share"],
+            [[k, patterns["counts"].get(k, 0), patterns["drawn_by_weight"].get(k, 0),
+              _pct(patterns["observed"].get(k, 0.0)), _pct(patterns["weight_share"].get(k))] for k in keys],
+            ["pattern", "all", "drawn", "drawn share", "weight share"],
         ), ""]
     personas = report["personas"]
     if personas["distinct_used"]:

@@ -28,7 +28,8 @@ def conv(index: int, *, mood: str, budget: int, target: int | None, turns: int, 
     c.steps.append(PersonaStep(content=persona, persona=Persona(role=persona),
                                metadata={"prompt_tokens": tokens // 2, "completion_tokens": tokens // 2}))
     for name in patterns:
-        c.steps.append(FlowControllerStep(content=name, pattern=name, hint="h"))
+        fixed = {"fixed_by": "opening"} if name == "open" else {}
+        c.steps.append(FlowControllerStep(content=name, pattern=name, hint="h", metadata=fixed))
     for user, assistant in chat:
         c.steps.append(MessageStep(role="user", content=user))
         c.steps.append(MessageStep(role="assistant", content=assistant))
@@ -43,7 +44,7 @@ def folder(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     out.mkdir()
     conversations = [
-        conv(1, mood="happy", budget=10, target=2, turns=2, patterns=["a", "a"], persona="nurse", toxicity=0,
+        conv(1, mood="happy", budget=10, target=2, turns=2, patterns=["open", "a", "a"], persona="nurse", toxicity=0,
              tokens=10, chat=[("hi there", "one two three"), ("Hi  there", "four five")]),
         conv(2, mood="happy", budget=20, target=2, turns=1, patterns=["b"], persona="nurse", toxicity=0,
              tokens=20, chat=[("bye now", "six")]),
@@ -89,7 +90,9 @@ def test_report_numbers(folder: Path) -> None:
     assert turns["by_requested"]["2"] == {"count": 2, "exact": 1, "achieved": {"1": 1, "2": 1}}
 
     patterns = report["patterns"]
-    assert patterns["counts"] == {"a": 3, "b": 1}
+    assert patterns["counts"] == {"a": 3, "open": 1, "b": 1}
+    # the opening move was fixed, not drawn: only drawn moves are compared with the weights
+    assert patterns["drawn_by_weight"] == {"a": 3, "b": 1}
     assert patterns["observed"] == patterns["weight_share"] == {"a": 0.75, "b": 0.25}
     assert patterns["max_abs_gap"] == 0.0
 

@@ -243,6 +243,7 @@ async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path
     conv = conversation(("a", "b"), ("c", "d"), ("e", "f"))
     await stage(conv, ctx)
     assert conv.steps[-1].pattern == "end" and ctx.last_turn  # type: ignore[union-attr]
+    assert conv.steps[-1].metadata["fixed_by"] == "closing"
     assert len(engine.calls) == 1  # only the focus
     assert conv.steps[-1].hint == "Say goodbye. Focus on: the tomato harvest."  # type: ignore[union-attr]
 

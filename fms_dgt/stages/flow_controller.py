@@ -150,19 +150,20 @@ class FlowControllerStage(LMStage):
         self.by_name = {p.name: p for p in self.options.patterns}
         self.terminal = set(self.options.termination_patterns)
 
-    def offered(self, ctx: ConversationContext) -> tuple[list[Pattern], bool]:
-        """Patterns allowed for this exchange, and whether the LM should judge among them."""
+    def offered(self, ctx: ConversationContext) -> tuple[list[Pattern], str | None]:
+        """Patterns allowed for this exchange, and what fixed them without the LM's judgement
+        ('opening', 'closing'), or None when the LM judges which fit."""
         patterns = self.options.patterns
         if ctx.turn == 0 and self.options.opening_patterns:
-            return [self.by_name[n] for n in self.options.opening_patterns], False
+            return [self.by_name[n] for n in self.options.opening_patterns], "opening"
         if self.terminal and self.options.close_at_max_turns and ctx.turn >= ctx.max_turns - 1:
-            return [p for p in patterns if p.name in self.terminal], False
+            return [p for p in patterns if p.name in self.terminal], "closing"
         ends_early = ctx.exact_turns and ctx.turn + 1 < ctx.max_turns
         if ctx.turn + 1 < self.resources.task.min_turns or ends_early:
             # Ending now would leave fewer exchanges than needed (min_turns, or the exact
             # requested length): not an option yet.
             patterns = [p for p in patterns if p.name not in self.terminal]
-        return patterns, True
+        return patterns, None
 
     def context_text(self, conv: Conversation, ctx: ConversationContext) -> str:
         used = [s.pattern for s in conv.steps if isinstance(s, FlowControllerStep)]
@@ -245,10 +246,10 @@ class FlowControllerStage(LMStage):
         return focused_hint(template, result.parsed.focus)
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
-        offered, ask = self.offered(ctx)
+        offered, fixed_by = self.offered(ctx)
         eligible, reasoning, fallback = [p.name for p in offered], "", None
         focus: dict[str, str] | None = None
-        if ask and len(offered) > 1:
+        if fixed_by is None and len(offered) > 1:
             if self.options.mode == "one_call":
                 eligible, reasoning, focus, fallback = await self.judge_with_focus(conv, ctx, offered)
             else:
@@ -281,6 +282,8 @@ class FlowControllerStage(LMStage):
                 eligible_patterns=eligible,
                 reasoning=reasoning,
                 fallback=fallback,
-                metadata={"rejected_focus": rejected_focus} if rejected_focus else {},
+                metadata={
+                    k: v for k, v in (("fixed_by", fixed_by), ("rejected_focus", rejected_focus)) if v
+                },
             )
         )
