@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
     engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
     engine.add_argument("--model", help="model name, catalogue name or GGUF path")
-    engine.add_argument("--base-url", help="server URL (ollama, openai)")
+    engine.add_argument(
+        "--base-url", action="append", metavar="URL",
+        help="server URL (ollama, openai); give it again for each further server of the same model:"
+        " requests go to the least busy one, and a failing one is left out for a while",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     parser.add_argument("--debug", action="store_true", help="debug logging, and tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"fms_dgt {__version__}")
@@ -104,6 +108,10 @@ def format_summary(result: RunResult) -> str:
     for name, info in s["engines"].items():
         if info.get("retries"):
             lines.append(f"  retries on {name}: " + ", ".join(f"{k} {v}" for k, v in info["retries"].items()))
+        if len(info.get("endpoints", {})) > 1:
+            lines.append(f"  endpoints of {name}: " + ", ".join(
+                f"{url} {c['calls']} calls ({c['errors']} errors)" for url, c in info["endpoints"].items()
+            ))
     if s["error"]:
         lines.append(f"  error: {s['error']}")
     return "\n".join(lines)
@@ -165,7 +173,8 @@ def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.debug, args.quiet)
-    override = EngineOverride(type=args.engine, model=args.model, base_url=args.base_url)
+    base_urls = tuple(args.base_url) if args.base_url else None
+    override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
     try:
         paths = find_task_files(args.task_paths)
         results, interrupted = _run_with_signals(_run_all(args, paths, override))

@@ -89,7 +89,7 @@ class Runner:
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
-        default_concurrency = 2 * max((e.config.max_concurrency for e in engines.values()), default=4)
+        default_concurrency = 2 * max((e.capacity for e in engines.values()), default=4)
         self.concurrency = options.concurrency or default_concurrency
 
     def _build(self, specs: list[StageOptions]) -> list[Stage]:
@@ -231,9 +231,7 @@ class Runner:
         status: str,
         error: DgtError | None,
     ) -> dict[str, Any]:
-        engines = {name: engine.describe() for name, engine in self.engines.items()}
-        for name, engine in self.engines.items():
-            engines[name]["retries"] = dict(engine.retry_reasons)
+        engines = {name: engine.report() for name, engine in self.engines.items()}
         return {
             "task_name": self.config.task_name,
             "task_file": str(self.task.path),
