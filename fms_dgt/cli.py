@@ -17,6 +17,7 @@ from typing import Any
 
 from fms_dgt import __version__
 from fms_dgt.errors import ConfigError, DgtError, Problem
+from fms_dgt.executors import RayOptions
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
 from fms_dgt.runner import RunOptions, RunResult, Runner
 
@@ -61,7 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (random if not given; recorded)")
     parser.add_argument(
         "--concurrency", type=_positive, default=None, metavar="K",
-        help="conversations in flight at once (default: twice the largest engine max_concurrency)",
+        help="conversations in flight at once, per Ray worker with --executor ray"
+        " (default: twice the largest engine capacity, max_concurrency x endpoints)",
+    )
+    executor = parser.add_argument_group("executor (where conversations run; the output is always written here)")
+    executor.add_argument(
+        "--executor", choices=["local", "ray"], default="local",
+        help="local: in this process; ray: on workers of a Ray cluster (pip install 'fms_dgt[ray]')",
+    )
+    executor.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="with --executor ray: the cluster to join (host:port of its head node, or auto);"
+        " default: start a local cluster for this run and stop it at the end",
+    )
+    executor.add_argument(
+        "--workers", type=_positive, metavar="K",
+        help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
     )
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
     engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
@@ -112,6 +128,12 @@ def format_summary(result: RunResult) -> str:
             lines.append(f"  endpoints of {name}: " + ", ".join(
                 f"{url} {c['calls']} calls ({c['errors']} errors)" for url, c in info["endpoints"].items()
             ))
+    executor = s.get("executor") or {}
+    if executor.get("type") == "ray":
+        lines.append(
+            f"  ray: {executor['workers']} workers at {executor['address']}, {executor['workers_lost']} lost,"
+            f" {executor['conversations_resent']} conversations sent again"
+        )
     if s["error"]:
         lines.append(f"  error: {s['error']}")
     return "\n".join(lines)
@@ -125,6 +147,7 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
     if clash:
         raise ConfigError(Problem(f"two task files share the task_name {clash[0]!r}"))
     results = []
+    ray = RayOptions(address=args.ray_address, workers=args.workers) if args.executor == "ray" else None
     for task in tasks:
         options = RunOptions(
             num_outputs=args.num_outputs_to_generate,
@@ -133,6 +156,7 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
             seed=args.seed,
             concurrency=args.concurrency,
             progress=not args.quiet,
+            ray=ray,
         )
         result = await Runner(task, options).run()
         results.append(result)
@@ -171,7 +195,12 @@ def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.executor != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers)):
+            if value is not None:
+                parser.error(f"{flag} needs --executor ray")
     configure_logging(args.debug, args.quiet)
     base_urls = tuple(args.base_url) if args.base_url else None
     override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
