@@ -160,7 +160,10 @@ class RayExecutor(Executor):
         common = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
         try:
             if self.options.address is None:
-                ray.init(address="local", include_dashboard=False, **common)
+                # Ray's CPUs are bookkeeping: a private cluster has room for every worker asked for
+                # (they mostly wait on LM servers), and one per core otherwise.
+                cpus = max(os.cpu_count() or 1, self.options.workers or 0)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
             else:
                 ray.init(address=self.options.address, **common)
         except ConnectionError as exc:
