@@ -163,6 +163,16 @@ def test_worker_errors_reach_the_driver(ray_address: str, tmp_path: Path, capsys
     wait_for_free_cpus()
 
 
+def test_unreachable_ray_address_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    code = main(["--task-paths", str(CHIT_CHAT), "--output-dir", str(tmp_path), "--engine", "openai", "--model", "m",
+                 "--base-url", "http://127.0.0.1:9/v1", "--executor", "ray", "--ray-address", address, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and time.monotonic() - started < 15
+    assert f"cannot reach the Ray cluster at {address}" in err and "Traceback" not in err
+
+
 def test_driver_killed_then_resumed_loses_nothing(
     ray_address: str, servers: tuple[LMServer, LMServer], tmp_path: Path
 ) -> None:

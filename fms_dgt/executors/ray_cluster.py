@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -42,11 +43,27 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 120.0
 # Seconds a worker gets to report its last counts when the run ends.
 CLOSE_TIMEOUT = 30.0
+# Seconds to wait for the head node to accept a connection (Ray itself retries for minutes).
+CONNECT_TIMEOUT = 10.0
 # More worker deaths than this in one run means something kills them all: stop.
 MAX_LOST_WORKERS = 10
 # Read by Ray when it is imported: "0" keeps a single-machine cluster on 127.0.0.1 instead of the
 # machine's network address. Set only when this run starts its own local cluster.
 RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when a ``host:port`` head address does not answer."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise DgtError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is its head node"
+            " running (`ray start --head`), and is this the address it printed?"
+        ) from None
 
 
 def import_ray() -> Any:
@@ -152,7 +169,9 @@ class RayExecutor(Executor):
 
     def _connect(self) -> None:
         ray = self.ray
-        if ray.is_initialized():  # e.g. a test or a notebook that connected already: use that
+        if self.options.address is not None:
+            check_reachable(self.options.address)
+        if ray.is_initialized():  # a process already connected (a test, a notebook) uses that
             return
         on_main_thread = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
@@ -166,8 +185,9 @@ class RayExecutor(Executor):
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
             else:
                 ray.init(address=self.options.address, **common)
-        except ConnectionError as exc:
-            raise DgtError(f"cannot connect to the Ray cluster at {self.options.address}: {exc}") from None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.options.address or "a new local cluster"
+            raise DgtError(f"cannot start Ray on {where}: {exc}") from None
         finally:
             # ray.init replaces the SIGTERM handler with one that exits at once; keep ours, which
             # cancels the run so that it saves everything finished and writes its summary.
@@ -196,7 +216,12 @@ class RayExecutor(Executor):
                 f" cluster has {cpus} ({free} free): use fewer --workers or a larger cluster"
             ) from None
         except ray.exceptions.RayTaskError as exc:
-            raise self._cause(exc) from None
+            cause = self._cause(exc)
+            if isinstance(cause, DgtError):
+                raise cause from None
+            raise DgtError(f"a Ray worker could not start: {_last_line(exc)}") from None
+        except ray.exceptions.RayError as exc:  # e.g. died while starting: fms_dgt missing on a node
+            raise DgtError(f"a Ray worker could not start: {_last_line(exc)}") from None
         versions = {info["version"] for info in infos}
         if versions != {__version__}:
             raise ConfigError(
@@ -315,3 +340,9 @@ class RayExecutor(Executor):
             "conversations_resent": self.resent,
             "start_seconds": round(self.start_seconds, 3),
         }
+
+
+def _last_line(exc: Exception) -> str:
+    """The last line of a Ray error (the remote exception), without the remote traceback."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
