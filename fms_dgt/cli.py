@@ -17,6 +17,7 @@ from typing import Any
 
 from fms_dgt import __version__
 from fms_dgt.errors import ConfigError, DgtError, Problem
+from fms_dgt.executors import RayOptions
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
 from fms_dgt.runner import RunOptions, RunResult, Runner
 
@@ -61,12 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (random if not given; recorded)")
     parser.add_argument(
         "--concurrency", type=_positive, default=None, metavar="K",
-        help="conversations in flight at once (default: twice the largest engine max_concurrency)",
+        help="conversations in flight at once, per Ray worker with --executor ray"
+        " (default: twice the largest engine capacity, max_concurrency x endpoints)",
+    )
+    executor = parser.add_argument_group("executor (where conversations run; the output is always written here)")
+    executor.add_argument(
+        "--executor", choices=["local", "ray"], default="local",
+        help="local: in this process; ray: on workers of a Ray cluster (pip install 'fms_dgt[ray]')",
+    )
+    executor.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="with --executor ray: the cluster to join (host:port of its head node, or auto);"
+        " default: start a local cluster for this run and stop it at the end",
+    )
+    executor.add_argument(
+        "--workers", type=_positive, metavar="K",
+        help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
     )
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
     engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
     engine.add_argument("--model", help="model name, catalogue name or GGUF path")
-    engine.add_argument("--base-url", help="server URL (ollama, openai)")
+    engine.add_argument(
+        "--base-url", action="append", metavar="URL",
+        help="server URL (ollama, openai); give it again for each further server of the same model:"
+        " requests go to the least busy one, and a failing one is left out for a while",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     parser.add_argument("--debug", action="store_true", help="debug logging, and tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"fms_dgt {__version__}")
@@ -104,6 +124,16 @@ def format_summary(result: RunResult) -> str:
     for name, info in s["engines"].items():
         if info.get("retries"):
             lines.append(f"  retries on {name}: " + ", ".join(f"{k} {v}" for k, v in info["retries"].items()))
+        if len(info.get("endpoints", {})) > 1:
+            lines.append(f"  endpoints of {name}: " + ", ".join(
+                f"{url} {c['calls']} calls ({c['errors']} errors)" for url, c in info["endpoints"].items()
+            ))
+    executor = s.get("executor") or {}
+    if executor.get("type") == "ray":
+        lines.append(
+            f"  ray: {executor['workers']} workers at {executor['address']}, {executor['workers_lost']} lost,"
+            f" {executor['conversations_resent']} conversations sent again"
+        )
     if s["error"]:
         lines.append(f"  error: {s['error']}")
     return "\n".join(lines)
@@ -117,6 +147,7 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
     if clash:
         raise ConfigError(Problem(f"two task files share the task_name {clash[0]!r}"))
     results = []
+    ray = RayOptions(address=args.ray_address, workers=args.workers) if args.executor == "ray" else None
     for task in tasks:
         options = RunOptions(
             num_outputs=args.num_outputs_to_generate,
@@ -125,6 +156,7 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
             seed=args.seed,
             concurrency=args.concurrency,
             progress=not args.quiet,
+            ray=ray,
         )
         result = await Runner(task, options).run()
         results.append(result)
@@ -163,9 +195,15 @@ def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.executor != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers)):
+            if value is not None:
+                parser.error(f"{flag} needs --executor ray")
     configure_logging(args.debug, args.quiet)
-    override = EngineOverride(type=args.engine, model=args.model, base_url=args.base_url)
+    base_urls = tuple(args.base_url) if args.base_url else None
+    override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
     try:
         paths = find_task_files(args.task_paths)
         results, interrupted = _run_with_signals(_run_all(args, paths, override))

@@ -22,7 +22,9 @@ class EngineConfig(ConfigModel):
 
     type: str = Field(description="Engine type: local, ollama or openai.")
     model: str | None = Field(None, description="Model name (or GGUF path for the local engine).")
-    base_url: str | None = Field(None, description="Server URL (ollama, openai).")
+    base_url: str | list[str] | None = Field(
+        None, description="Server URL (ollama, openai), or a list of URLs to spread requests over."
+    )
     timeout: float = Field(120.0, gt=0, description="Seconds before one request is abandoned.")
     max_retries: int = Field(4, ge=0, description="Retries after a failed request (timeouts, 429, 5xx).")
     retry_wait: float = Field(
@@ -38,6 +40,25 @@ class EngineConfig(ConfigModel):
     max_tokens: int | None = Field(None, ge=1, description="Cap on generated tokens per call.")
     seed: int | None = None
     stop: list[str] | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _distinct_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("needs at least one URL")
+            if any(not url.strip() for url in value):
+                raise ValueError("an empty URL")
+            normalized = [url.strip().rstrip("/") for url in value]
+            if len(set(normalized)) < len(normalized):
+                raise ValueError("lists the same URL twice")
+        return value
+
+    def base_urls(self) -> list[str]:
+        """``base_url`` as a list (empty when unset, so the engine's default applies)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
     def decoding(self) -> dict[str, Any]:
         """Decoding parameters that are set, ready to merge under per-call overrides."""

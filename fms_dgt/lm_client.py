@@ -15,14 +15,13 @@ logger = logging.getLogger(__name__)
 
 
 class LMClient:
-    """Routes a stage's call to its named engine, bounded by that engine's ``max_concurrency``."""
+    """Routes a stage's call to its named engine, bounded by that engine's capacity
+    (``max_concurrency`` per endpoint)."""
 
     def __init__(self, engines: dict[str, Engine], stats: RunStats) -> None:
         self.engines = engines
         self.stats = stats
-        self._limits = {
-            name: asyncio.Semaphore(engine.config.max_concurrency) for name, engine in engines.items()
-        }
+        self._limits = {name: asyncio.Semaphore(engine.capacity) for name, engine in engines.items()}
 
     async def chat(
         self,

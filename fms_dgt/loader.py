@@ -47,7 +47,8 @@ class EngineOverride:
 
     type: str | None = None
     model: str | None = None
-    base_url: str | None = None
+    # One URL, or several (``--base-url`` given more than once) to spread requests over.
+    base_url: str | tuple[str, ...] | None = None
 
     def apply(self, raw: dict[str, Any]) -> dict[str, Any]:
         raw = dict(raw)
@@ -58,8 +59,10 @@ class EngineOverride:
             raw["type"] = self.type
         if self.model:
             raw["model"] = self.model
-        if self.base_url:
+        if isinstance(self.base_url, str):
             raw["base_url"] = self.base_url
+        elif self.base_url:
+            raw["base_url"] = self.base_url[0] if len(self.base_url) == 1 else list(self.base_url)
         return raw
 
 

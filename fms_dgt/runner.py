@@ -24,6 +24,7 @@ from fms_dgt.conversation import Conversation
 from fms_dgt.datafiles import read_jsonl
 from fms_dgt.engines import ENGINES, Engine
 from fms_dgt.errors import DgtError, EngineError
+from fms_dgt.executors import RayOptions, make_executor
 from fms_dgt.formatters import FORMATTERS
 from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import Task
@@ -46,8 +47,9 @@ class RunOptions:
     output_dir: Path = Path("output")
     restart: bool = False
     seed: int | None = None
-    concurrency: int | None = None
+    concurrency: int | None = None  # per process: with Ray, per worker
     progress: bool = True
+    ray: RayOptions | None = None  # run the conversations on a Ray cluster
 
 
 @dataclass
@@ -90,8 +92,9 @@ class Runner:
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
-        default_concurrency = 2 * max((e.config.max_concurrency for e in engines.values()), default=4)
+        default_concurrency = 2 * max((e.capacity for e in engines.values()), default=4)
         self.concurrency = options.concurrency or default_concurrency
+        self.executor = make_executor(self, options.ray)
 
     def _build(self, specs: list[StageOptions]) -> list[Stage]:
         stages = []
@@ -185,21 +188,21 @@ class Runner:
         progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats)
         try:
             if before < target:
+                await self.executor.start()
                 logger.info(
                     "%s: %d conversations to generate (%d already in %s), %d in flight",
                     self.config.task_name, target - before, before, self.store.dir,
-                    min(self.concurrency, target - before),
+                    min(self.executor.capacity, target - before),
                 )
-                for engine in self.engines.values():
-                    await engine.check()
                 await self._generate(target, progress)
-        except EngineError as exc:
+        except DgtError as exc:
             status, error = "failed", exc
         except asyncio.CancelledError:
             status = "interrupted"
             raise
         finally:
             progress.close()
+            await self.executor.close()
             for engine in self.engines.values():
                 await engine.aclose()
             summary = self._summary(started_at, time.perf_counter() - t0, before, target, status, error)
@@ -215,11 +218,11 @@ class Runner:
         consecutive_failures = 0
         try:
             while self.store.count < target:
-                while len(pending) < self.concurrency and self.store.count + len(pending) < target:
+                while len(pending) < self.executor.capacity and self.store.count + len(pending) < target:
                     if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue
-                    pending.add(asyncio.create_task(self.run_conversation(attempt)))
+                    pending.add(self.executor.submit(attempt))
                     attempt += 1
                     self.stats.attempts += 1
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -269,9 +272,7 @@ class Runner:
         status: str,
         error: DgtError | None,
     ) -> dict[str, Any]:
-        engines = {name: engine.describe() for name, engine in self.engines.items()}
-        for name, engine in self.engines.items():
-            engines[name]["retries"] = dict(engine.retry_reasons)
+        engines = {name: engine.report() for name, engine in self.engines.items()}
         return {
             "task_name": self.config.task_name,
             "task_file": str(self.task.path),
@@ -287,6 +288,7 @@ class Runner:
             "already_done": before,
             "total": self.store.count,
             "concurrency": self.concurrency,
+            "executor": self.executor.describe(),
             "engines": engines,
             **self.stats.as_dict(),
         }

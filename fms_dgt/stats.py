@@ -65,6 +65,45 @@ class RunStats:
             stats.cached_tokens += cached
             stats.seconds += seconds
 
+    def merge(self, other: RunStats) -> None:
+        """Add another run's counters to these (a Ray worker's, on the driver)."""
+        for mine, theirs in ((self.per_stage, other.per_stage), (self.per_engine, other.per_engine)):
+            for key, more in theirs.items():
+                stats = mine.get(key)
+                if stats is None:
+                    stats = mine[key] = CallStats()
+                stats.calls += more.calls
+                stats.failed += more.failed
+                stats.prompt_tokens += more.prompt_tokens
+                stats.completion_tokens += more.completion_tokens
+                stats.cached_tokens += more.cached_tokens
+                stats.seconds += more.seconds
+        for counter in ("dropped", "rescued", "stop_reasons", "turns", "fallbacks", "rejected_drafts"):
+            getattr(self, counter).update(getattr(other, counter))
+        self.accepted += other.accepted
+        self.attempts += other.attempts
+
+    def take(self) -> RunStats:
+        """The counters so far, zeroed here in place (stages keep a reference to this object)."""
+        taken = RunStats(
+            per_stage=dict(self.per_stage),
+            per_engine=dict(self.per_engine),
+            dropped=self.dropped.copy(),
+            rescued=self.rescued.copy(),
+            stop_reasons=self.stop_reasons.copy(),
+            turns=self.turns.copy(),
+            fallbacks=self.fallbacks.copy(),
+            rejected_drafts=self.rejected_drafts.copy(),
+            accepted=self.accepted,
+            attempts=self.attempts,
+        )
+        for table in (self.per_stage, self.per_engine):
+            table.clear()
+        for counter in (self.dropped, self.rescued, self.stop_reasons, self.turns, self.fallbacks, self.rejected_drafts):
+            counter.clear()
+        self.accepted = self.attempts = 0
+        return taken
+
     @property
     def lm_calls(self) -> int:
         return sum(s.calls for s in self.per_engine.values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,25 @@ class ChitChatResponder:
             return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"
         self.assistant_count += 1
         return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count})"
+
+
+def count_lines(path: Path) -> int:
+    """Complete lines in a file that may not exist yet."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def when_lines(path: Path, lines: int, action: Any, timeout: float = 60.0) -> threading.Thread:
+    """Run ``action()`` on a helper thread once ``path`` holds ``lines`` complete lines (to break
+    something mid-run: stop a server, kill a worker). Join the returned thread to wait for it."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if count_lines(path) >= lines:
+                action()
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

@@ -25,16 +25,31 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--task-paths", "--num-outputs-to-generate", "--restart", "--output-dir", "--seed", "--debug",
-                 "--concurrency", "--engine", "--model", "--base-url", "--quiet"):
+                 "--concurrency", "--engine", "--model", "--base-url", "--quiet", "--executor", "--ray-address",
+                 "--workers"):
         assert flag in out
 
 
-@pytest.mark.parametrize("args", [["--num-outputs-to-generate", "0"], ["--num-outputs-to-generate", "-3"], ["--bogus"], ["--engine", "vllm"]])
+@pytest.mark.parametrize("args", [
+    ["--num-outputs-to-generate", "0"], ["--num-outputs-to-generate", "-3"], ["--bogus"], ["--engine", "vllm"],
+    ["--executor", "dask"], ["--workers", "2"], ["--ray-address", "auto"], ["--executor", "ray", "--workers", "0"],
+])
 def test_bad_flags_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         run_cli("--task-paths", str(CHIT_CHAT), *args)
     assert info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_executor_ray_without_ray_installed_exit_2(
+    small_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when it is not installed
+    code = run_cli("--task-paths", str(small_task), "--output-dir", str(tmp_path / "out"), "--executor", "ray")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: --executor ray needs Ray: pip install 'fms_dgt[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_bad_task_file_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,8 @@
 """The engine contract: one async ``chat`` call, with retries, timeouts and structured output here.
 
 Engines only translate a request into their server's API (``_send``) and say whether the server is
-up (``check``). Concurrency limits belong to the runner, not to engines.
+up (``check``). Concurrency limits belong to the runner, not to engines. Engines that talk to
+servers set ``endpoints``; the retry loop here picks one per attempt (see ``endpoints``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 
 from fms_dgt.config import EngineConfig
+from fms_dgt.engines.endpoints import Endpoint, EndpointCounts, Endpoints
 from fms_dgt.engines.retry import retrying
 from fms_dgt.errors import EngineError, StructuredOutputError
 from fms_dgt.registry import Registry
@@ -69,6 +71,14 @@ class ChatResult:
     calls: int = 1
 
 
+@dataclass
+class EngineCounts:
+    """What an engine counted besides LM calls: retries by cause, requests per endpoint."""
+
+    retries: Counter[str] = field(default_factory=Counter)
+    endpoints: dict[str, EndpointCounts] = field(default_factory=dict)
+
+
 class Engine(ABC):
     """Base class for LM engines. Subclasses declare ``Config`` and implement ``_send``/``check``."""
 
@@ -81,18 +91,54 @@ class Engine(ABC):
         # Why calls were retried, e.g. {"http 429": 3, "timeout": 1}; read by the run summary.
         self.retry_reasons: Counter[str] = Counter()
         self._recent: deque[bool] = deque(maxlen=ERROR_WINDOW)  # True = the request failed
+        # The servers requests go to; None for engines that run in this process.
+        self.endpoints: Endpoints | None = None
 
     @property
     def url(self) -> str | None:
         """Where requests go, for messages and provenance (never includes credentials)."""
-        return self.config.base_url
+        if self.endpoints is None:
+            return None
+        return ", ".join(e.name for e in self.endpoints.all)
+
+    @property
+    def capacity(self) -> int:
+        """Requests this engine may have in flight: ``max_concurrency`` for each endpoint."""
+        return self.config.max_concurrency * (len(self.endpoints) if self.endpoints is not None else 1)
+
+    def environment_variables(self) -> list[str]:
+        """Names of the environment variables this engine reads (the Ray executor copies them to
+        its workers, so an engine there reaches the same server with the same key)."""
+        return []
 
     def describe(self) -> dict[str, Any]:
-        """Engine type, model and URL for the run summary: no secrets."""
-        return {"type": self.registry_name, "model": self.config.model, "base_url": self.url}
+        """Engine type, model and URL (a list for several endpoints) for the run summary: no secrets."""
+        names = [e.name for e in self.endpoints.all] if self.endpoints is not None else []
+        base_url = names if len(names) > 1 else names[0] if names else None
+        return {"type": self.registry_name, "model": self.config.model, "base_url": base_url}
 
-    def error(self, cause: str, **kwargs: Any) -> EngineError:
-        return EngineError(cause, engine=self.name, model=self.config.model, url=self.url, **kwargs)
+    def report(self) -> dict[str, Any]:
+        """``describe()`` plus retries by cause and, for server engines, calls and errors per endpoint."""
+        report = {**self.describe(), "retries": dict(self.retry_reasons)}
+        if self.endpoints is not None:
+            report["endpoints"] = {name: c.as_dict() for name, c in self.endpoints.counts().items()}
+        return report
+
+    def take_counts(self) -> EngineCounts:
+        """Retries and endpoint counters so far, zeroed here: what a Ray worker reports to the driver."""
+        taken = EngineCounts(retries=self.retry_reasons.copy())
+        self.retry_reasons.clear()
+        if self.endpoints is not None:
+            taken.endpoints = self.endpoints.take_counts()
+        return taken
+
+    def add_counts(self, counts: EngineCounts) -> None:
+        self.retry_reasons.update(counts.retries)
+        if self.endpoints is not None:
+            self.endpoints.add_counts(counts.endpoints)
+
+    def error(self, cause: str, *, url: str | None = None, **kwargs: Any) -> EngineError:
+        return EngineError(cause, engine=self.name, model=self.config.model, url=url or self.url, **kwargs)
 
     async def chat(
         self, messages: list[Message], *, schema: Schema | None = None, **params: Any
@@ -143,18 +189,9 @@ class Engine(ABC):
             async for attempt in retrying(self):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
-                    try:
-                        async with asyncio.timeout(self.config.timeout):
-                            result = await self._send(messages, json_schema, params)
-                    except TimeoutError:
-                        self._trip_if_failing(f"no reply within {self.config.timeout:g} s")
-                        raise self.error(
-                            f"no reply within {self.config.timeout:g} s", retryable=True
-                        ) from None
-                    except EngineError as exc:
-                        self._trip_if_failing(exc.cause)
-                        raise
-                    self._recent.append(False)
+                    # Each attempt picks its endpoint: a retry goes where the last one did not fail.
+                    endpoint = self.endpoints.pick() if self.endpoints is not None else None
+                    result = await self._attempt(endpoint, messages, json_schema, params)
                     result.calls = attempt_number
                     return result
         except EngineError as exc:
@@ -162,13 +199,53 @@ class Engine(ABC):
                 raise
             if attempt_number > 1 or exc.retryable:
                 plural = "s" if attempt_number > 1 else ""
-                raise self.error(f"gave up after {attempt_number} attempt{plural}: {exc.cause}") from exc
+                raise self.error(
+                    f"gave up after {attempt_number} attempt{plural}: {exc.cause}", url=exc.url
+                ) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _attempt(
+        self,
+        endpoint: Endpoint | None,
+        messages: list[Message],
+        json_schema: dict[str, Any] | None,
+        params: dict[str, Any],
+    ) -> ChatResult:
+        """One request under the timeout; its outcome goes to the endpoint balancer and the breaker."""
+        if endpoint is not None:
+            endpoint.outstanding += 1
+        try:
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    result = await self._send(messages, json_schema, params, endpoint)
+            except TimeoutError:
+                raise self.error(
+                    f"no reply within {self.config.timeout:g} s",
+                    retryable=True,
+                    url=endpoint.name if endpoint is not None else None,
+                ) from None
+        except EngineError as exc:
+            if endpoint is not None:
+                assert self.endpoints is not None
+                self.endpoints.failed(endpoint, exc)
+            self._trip_if_failing(exc.cause)
+            raise
+        finally:
+            if endpoint is not None:
+                endpoint.outstanding -= 1
+        if endpoint is not None:
+            assert self.endpoints is not None
+            self.endpoints.succeeded(endpoint)
+        self._recent.append(False)
+        return result
+
     def _trip_if_failing(self, cause: str) -> None:
-        """Record a failed request; raise a fatal error if most recent requests failed."""
+        """Record a failed request; raise a fatal error if most recent requests failed (and, with
+        several endpoints, none of them answered its latest request)."""
         self._recent.append(True)
+        if self.endpoints is not None and self.endpoints.any_healthy():
+            return  # another endpoint still answers: the balancer routes around this one
         failures = sum(self._recent)
         if len(self._recent) >= ERROR_WINDOW // 2 and failures > MAX_ERROR_RATE * len(self._recent):
             raise self.error(
@@ -179,9 +256,14 @@ class Engine(ABC):
 
     @abstractmethod
     async def _send(
-        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+        self,
+        messages: list[Message],
+        json_schema: dict[str, Any] | None,
+        params: dict[str, Any],
+        endpoint: Endpoint | None,
     ) -> ChatResult:
-        """One request, no retries. Raise ``EngineError`` (``retryable`` when worth retrying)."""
+        """One request to ``endpoint`` (None for engines without servers), no retries.
+        Raise ``EngineError`` (``retryable`` when worth retrying)."""
 
     @abstractmethod
     async def check(self) -> None:

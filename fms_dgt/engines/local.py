@@ -16,6 +16,7 @@ from pydantic import Field
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines import local_models
 from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
+from fms_dgt.engines.endpoints import Endpoint
 
 
 class LocalConfig(EngineConfig):
@@ -95,7 +96,11 @@ class LocalEngine(Engine):
         await self._ensure_loaded()
 
     async def _send(
-        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+        self,
+        messages: list[Message],
+        json_schema: dict[str, Any] | None,
+        params: dict[str, Any],
+        endpoint: Endpoint | None,
     ) -> ChatResult:
         if self._server is None:
             await self._ensure_loaded()

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
+from fms_dgt.engines.endpoints import Endpoint, Endpoints, check_endpoints
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -29,21 +30,21 @@ class OllamaEngine(Engine):
     def __init__(self, name: str, config: OllamaConfig, **client_kwargs: Any) -> None:
         """``client_kwargs`` go to the underlying ``httpx.AsyncClient`` (e.g. ``transport=`` in tests)."""
         super().__init__(name, config)
-        self._host = config.base_url or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+        hosts = config.base_urls() or [os.environ.get("OLLAMA_HOST") or DEFAULT_HOST]
+        self.endpoints = Endpoints(name, hosts)
         self._client_kwargs = client_kwargs
-        self._client: ollama.AsyncClient | None = None
+        self._clients: dict[str, ollama.AsyncClient] = {}  # one per host: the client is bound to it
 
-    @property
-    def url(self) -> str:
-        return self._host
+    def environment_variables(self) -> list[str]:
+        return ["OLLAMA_HOST"]
 
-    @property
-    def client(self) -> ollama.AsyncClient:
-        if self._client is None:
-            self._client = ollama.AsyncClient(
-                host=self._host, timeout=self.config.timeout, **self._client_kwargs
+    def client(self, endpoint: Endpoint) -> ollama.AsyncClient:
+        client = self._clients.get(endpoint.url)
+        if client is None:
+            client = self._clients[endpoint.url] = ollama.AsyncClient(
+                host=endpoint.url, timeout=self.config.timeout, **self._client_kwargs
             )
-        return self._client
+        return client
 
     def _options(self, params: dict[str, Any]) -> dict[str, Any]:
         options = {k: v for k, v in params.items() if k in ("temperature", "top_p", "seed", "stop")}
@@ -54,10 +55,15 @@ class OllamaEngine(Engine):
         return options
 
     async def _send(
-        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+        self,
+        messages: list[Message],
+        json_schema: dict[str, Any] | None,
+        params: dict[str, Any],
+        endpoint: Endpoint | None,
     ) -> ChatResult:
+        assert endpoint is not None
         try:
-            response = await self.client.chat(
+            response = await self.client(endpoint).chat(
                 model=self.config.model,
                 messages=messages,
                 format=json_schema,
@@ -69,13 +75,14 @@ class OllamaEngine(Engine):
             raise self.error(
                 f"http {status}: {str(exc.error)[:300]}",
                 retryable=status in (408, 429) or status >= 500,
+                url=endpoint.name,
             ) from None
         except (ConnectionError, httpx.TransportError) as exc:
             # The client turns a refused connection into a builtin ConnectionError.
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
-            raise self.error(f"{kind}: {type(exc).__name__}", retryable=True) from None
+            raise self.error(f"{kind}: {type(exc).__name__}", retryable=True, url=endpoint.name) from None
         except ValueError as exc:  # malformed JSON body from the server
-            raise self.error(f"malformed response body: {exc}", retryable=True) from None
+            raise self.error(f"malformed response body: {exc}", retryable=True, url=endpoint.name) from None
         return ChatResult(
             text=response.message.content or "",
             finish_reason=response.done_reason,
@@ -83,24 +90,34 @@ class OllamaEngine(Engine):
         )
 
     async def check(self) -> None:
+        """At least one endpoint must answer, and every one that answers must have the model."""
+        assert self.endpoints is not None
+        await check_endpoints(self, self.endpoints, self._check_endpoint)
+
+    async def _check_endpoint(self, endpoint: Endpoint) -> None:
         """The server must answer and already have the model (we never pull)."""
         try:
-            listed = await self.client.list()
+            listed = await self.client(endpoint).list()
         except (ConnectionError, httpx.TransportError) as exc:
             raise self.error(
-                f"server unreachable ({type(exc).__name__}); start it with `ollama serve`"
+                f"server unreachable ({type(exc).__name__}); start it with `ollama serve`",
+                retryable=True,
+                url=endpoint.name,
             ) from None
         except ollama.ResponseError as exc:
             raise self.error(
-                f"http {exc.status_code} from /api/tags: is this an Ollama server? ({str(exc.error)[:200]})"
+                f"http {exc.status_code} from /api/tags: is this an Ollama server? ({str(exc.error)[:200]})",
+                url=endpoint.name,
             ) from None
         names = {m.model for m in listed.models if m.model}
         wanted = self.config.model
         if wanted not in names and f"{wanted}:latest" not in names:
             known = ", ".join(sorted(names)) or "none"
-            raise self.error(f"model not found on the server (has: {known}); run `ollama pull {wanted}`")
+            raise self.error(
+                f"model not found on the server (has: {known}); run `ollama pull {wanted}`", url=endpoint.name
+            )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client._client.aclose()
-            self._client = None
+        for client in self._clients.values():
+            await client._client.aclose()
+        self._clients = {}

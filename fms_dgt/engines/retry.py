@@ -1,5 +1,6 @@
 """The one retry policy for every engine: timeouts, connection errors, 429 and 5xx are retried
-with exponential backoff and jitter, ``Retry-After`` is honoured, anything else fails at once."""
+with exponential backoff and jitter, ``Retry-After`` is honoured, anything else fails at once.
+With several endpoints, a retry goes at once to another endpoint that answers, when there is one."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def retrying(engine: Engine) -> AsyncRetrying:
     backoff = wait_exponential_jitter(multiplier=base_wait, max=30 * base_wait + 1e-9, jitter=base_wait)
 
     def wait(state: RetryCallState) -> float:
+        if engine.endpoints is not None and engine.endpoints.has_spare():
+            return 0.0  # the failed endpoint is resting; another one answers: go there now
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, EngineError) and exc.retry_after is not None:
             return min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
+from fms_dgt.engines.endpoints import Endpoint
 
 Reply = str | dict[str, Any] | Exception
 Responder = Callable[[list[Message], dict[str, Any] | None, dict[str, Any]], Reply]
@@ -48,7 +49,11 @@ class ScriptedEngine(Engine):
         self.replies.extend(replies)
 
     async def _send(
-        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+        self,
+        messages: list[Message],
+        json_schema: dict[str, Any] | None,
+        params: dict[str, Any],
+        endpoint: Endpoint | None,
     ) -> ChatResult:
         self.calls.append(RecordedCall([dict(m) for m in messages], json_schema, dict(params)))
         if self.replies:
