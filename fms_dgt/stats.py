@@ -16,6 +16,14 @@ class CallStats:
     cached_tokens: int = 0
     seconds: float = 0.0
 
+    def add(self, other: CallStats) -> None:
+        self.calls += other.calls
+        self.failed += other.failed
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.seconds += other.seconds
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
@@ -25,6 +33,10 @@ class CallStats:
             "cached_prompt_tokens": self.cached_tokens,
             "seconds": round(self.seconds, 3),
         }
+
+
+# The RunStats fields that count events by key.
+_COUNTERS = ("dropped", "rescued", "stop_reasons", "turns", "fallbacks", "rejected_drafts")
 
 
 @dataclass
@@ -69,16 +81,8 @@ class RunStats:
         """Add another run's counters to these (a Ray worker's, on the driver)."""
         for mine, theirs in ((self.per_stage, other.per_stage), (self.per_engine, other.per_engine)):
             for key, more in theirs.items():
-                stats = mine.get(key)
-                if stats is None:
-                    stats = mine[key] = CallStats()
-                stats.calls += more.calls
-                stats.failed += more.failed
-                stats.prompt_tokens += more.prompt_tokens
-                stats.completion_tokens += more.completion_tokens
-                stats.cached_tokens += more.cached_tokens
-                stats.seconds += more.seconds
-        for counter in ("dropped", "rescued", "stop_reasons", "turns", "fallbacks", "rejected_drafts"):
+                mine.setdefault(key, CallStats()).add(more)
+        for counter in _COUNTERS:
             getattr(self, counter).update(getattr(other, counter))
         self.accepted += other.accepted
         self.attempts += other.attempts
@@ -88,19 +92,14 @@ class RunStats:
         taken = RunStats(
             per_stage=dict(self.per_stage),
             per_engine=dict(self.per_engine),
-            dropped=self.dropped.copy(),
-            rescued=self.rescued.copy(),
-            stop_reasons=self.stop_reasons.copy(),
-            turns=self.turns.copy(),
-            fallbacks=self.fallbacks.copy(),
-            rejected_drafts=self.rejected_drafts.copy(),
             accepted=self.accepted,
             attempts=self.attempts,
+            **{counter: getattr(self, counter).copy() for counter in _COUNTERS},
         )
         for table in (self.per_stage, self.per_engine):
             table.clear()
-        for counter in (self.dropped, self.rescued, self.stop_reasons, self.turns, self.fallbacks, self.rejected_drafts):
-            counter.clear()
+        for counter in _COUNTERS:
+            getattr(self, counter).clear()
         self.accepted = self.attempts = 0
         return taken
 
