@@ -22,6 +22,8 @@ import logging
 import statistics
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,32 +111,64 @@ def _persona_file_size(task: dict[str, Any]) -> int | None:
     return None
 
 
-def diversity(messages: list[str]) -> dict[str, Any]:
+class Diversity:
     """distinct-n = distinct n-grams / all n-grams over the messages; duplicates are exact
-    repeats (case and spacing ignored) of an earlier message."""
-    grams: dict[int, Counter[tuple[str, ...]]] = {1: Counter(), 2: Counter()}
-    for text in messages:
+    repeats (case and spacing ignored) of an earlier message. Streams: it keeps hashes, not text."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.totals = {1: 0, 2: 0}
+        self.distinct: dict[int, set[int]] = {1: set(), 2: set()}
+        self.seen: set[int] = set()
+        self.duplicates = 0
+
+    def add(self, text: str) -> None:
+        self.messages += 1
         tokens = words(text)
-        for n, counter in grams.items():
-            counter.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-    normalised = Counter(" ".join(m.lower().split()) for m in messages)
-    duplicates = sum(c - 1 for c in normalised.values())
-    result: dict[str, Any] = {"messages": len(messages)}
-    for n, counter in grams.items():
-        total = sum(counter.values())
-        result[f"distinct_{n}"] = round(len(counter) / total, 4) if total else None
-    result["exact_duplicate_share"] = round(duplicates / len(messages), 4) if messages else None
-    return result
+        for n, distinct in self.distinct.items():
+            grams = [hash(tuple(tokens[i : i + n])) for i in range(len(tokens) - n + 1)]
+            self.totals[n] += len(grams)
+            distinct.update(grams)
+        normalised = hash(" ".join(text.lower().split()))
+        if normalised in self.seen:
+            self.duplicates += 1
+        self.seen.add(normalised)
+
+    def result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"messages": self.messages}
+        for n, total in self.totals.items():
+            result[f"distinct_{n}"] = round(len(self.distinct[n]) / total, 4) if total else None
+        result["exact_duplicate_share"] = round(self.duplicates / self.messages, 4) if self.messages else None
+        return result
+
+
+def diversity(messages: list[str]) -> dict[str, Any]:
+    counter = Diversity()
+    for text in messages:
+        counter.add(text)
+    return counter.result()
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A long attribute value (a generated system prompt) stands in the report as its hash and length."""
+
+    digest: int
+    length: int
+
+
+def _conversations(path: Path) -> Iterator[Conversation]:
+    """One record at a time: the report's memory does not grow with the number of records."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield Conversation.model_validate_json(line)
 
 
 def build_report(folder: Path) -> dict[str, Any]:
     """Compute the report of one output folder (nothing is written)."""
-    final = folder / "final_data.jsonl"
-    conversations = [
-        Conversation.model_validate_json(line)
-        for line in final.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ] if final.exists() else []
     task = _read_json(folder / TASK_SNAPSHOT) or {}
     summary = _read_json(folder / "run_summary.json") or {}
 
@@ -147,9 +181,11 @@ def build_report(folder: Path) -> dict[str, Any]:
     turns: Counter[int] = Counter()
     by_target: dict[int, Counter[int]] = defaultdict(Counter)
     tokens: list[float] = []
-    texts: dict[str, list[str]] = {"user": [], "assistant": []}
+    texts = {"user": Diversity(), "assistant": Diversity()}
     judge_rubrics: set[str] = set()
-    for conv in conversations:
+    count = 0
+    for conv in _conversations(folder / "final_data.jsonl"):
+        count += 1
         turns[conv.num_turns] += 1
         if conv.target_turns is not None:
             by_target[conv.target_turns][conv.num_turns] += 1
@@ -167,11 +203,12 @@ def build_report(folder: Path) -> dict[str, Any]:
                     judged[name][score.score] += 1
                     judge_rubrics.add(name)
             elif step.role in texts:
-                texts[step.role].append(step.content)
+                texts[step.role].add(step.content)
         tokens.append(spent)
         for name, value in conv.attributes.items():
             if name not in judge_rubrics:
-                values[name].append(value)
+                long_text = isinstance(value, str) and len(value) > 60
+                values[name].append(_Text(hash(value), len(value)) if long_text else value)
 
     attributes: dict[str, Any] = {}
     for name, seen in sorted(values.items()):
@@ -179,7 +216,7 @@ def build_report(folder: Path) -> dict[str, Any]:
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
         if config.get("sampler") in ("sample/uniform", "sample/gaussian") or (numeric and not config):
             attributes[name] = {"kind": "numeric", **(_stats([float(v) for v in seen]) or {}), **config}
-        elif config or all(isinstance(v, str | int | float | bool) and len(str(v)) <= 60 for v in seen):
+        elif config or not any(isinstance(v, _Text) for v in seen):
             observed = _shares(Counter(str(v) for v in seen))
             entry: dict[str, Any] = {
                 "kind": "categorical",
@@ -191,12 +228,12 @@ def build_report(folder: Path) -> dict[str, Any]:
                 entry["max_abs_gap"] = _max_gap(observed, config["expected"])
             attributes[name] = entry
         else:
-            lengths = [len(str(v)) for v in seen]
+            texts_seen = [v if isinstance(v, _Text) else _Text(hash(str(v)), len(str(v))) for v in seen]
             attributes[name] = {
                 "kind": "text",
                 "count": len(seen),
-                "distinct": len({str(v) for v in seen}),
-                "mean_chars": round(statistics.fmean(lengths), 1),
+                "distinct": len({t.digest for t in texts_seen}),
+                "mean_chars": round(statistics.fmean(t.length for t in texts_seen), 1),
             }
 
     requested = sum(sum(c.values()) for c in by_target.values())
@@ -206,7 +243,7 @@ def build_report(folder: Path) -> dict[str, Any]:
     observed_patterns = _shares(free_patterns)
     report: dict[str, Any] = {
         "folder": str(folder),
-        "conversations": len(conversations),
+        "conversations": count,
         "attributes": attributes,
         "turns": {
             "distribution": {str(k): v for k, v in sorted(turns.items())},
@@ -247,7 +284,7 @@ def build_report(folder: Path) -> dict[str, Any]:
             "dropped": summary.get("dropped", {}),
             "rescued": summary.get("rescued", {}),
         },
-        "diversity": {role: diversity(messages) for role, messages in texts.items()},
+        "diversity": {role: counter.result() for role, counter in texts.items()},
     }
     return report
 
