@@ -363,7 +363,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 "", f"Mean score: {judge['mean']}.", ""]
     tokens = report["tokens_per_conversation"]
     if tokens:
-        out += ["## Tokens per conversation (prompt + completion)", "",
+        out += ["## Tokens per conversation (prompt + completion, calls whose output was kept)", "",
                 _table([[tokens[k] for k in ("mean", "median", "p90", "max")]], ["mean", "median", "p90", "max"]), ""]
     drops = report["drops"]
     if drops["dropped"] or drops["rescued"]:

@@ -411,3 +411,11 @@ def test_trim_unfinished(text: str, trimmed: str) -> None:
     from fms_dgt.stages.text import trim_unfinished
 
     assert trim_unfinished(text) == trimmed
+
+
+def test_a_trailing_note_about_the_instructions_is_cut_from_the_user_message() -> None:
+    from fms_dgt.stages.user import without_meta_note
+
+    draft = "Thanks! I'll let you know how it goes. (End of conversation, with no quotation marks and no role label.)"
+    assert without_meta_note(draft) == "Thanks! I'll let you know how it goes."
+    assert without_meta_note("I tried it (twice) and it works.") == "I tried it (twice) and it works."

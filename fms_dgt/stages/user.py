@@ -38,6 +38,18 @@ _ASSISTANT_OPENER = re.compile(
     re.IGNORECASE,
 )
 
+# A note about the instructions that the model appended to the message, e.g. "(End of
+# conversation, with no quotation marks and no name or role label.)" (seen on qwen2.5-1.5b).
+_META_NOTE = re.compile(
+    r"\s*\([^()]*\b(end of (the )?conversation|quotation marks|role label|stage direction|last message)\b[^()]*\)\s*$",
+    re.IGNORECASE,
+)
+
+
+def without_meta_note(draft: str) -> str:
+    return _META_NOTE.sub("", draft)
+
+
 # A goodbye before the closing exchange leaves the next turns talking past it.
 _GOODBYE = re.compile(
     r"\b(good ?bye|bye|have a (great|good|nice|wonderful) (day|one|night|evening|week|trip)|take care|see you)\b",
@@ -167,7 +179,7 @@ class UserStage(LMStage):
             # Later attempts are a little more adventurous, to get out of a repetitive rut.
             temperature = min(1.2, (self.options.temperature or self.default_temperature) + 0.15 * (attempt - 1))
             result = await self.chat(ctx, messages, temperature=temperature)
-            draft = first_sentences(clean_reply(result.text), self.options.max_sentences)
+            draft = first_sentences(without_meta_note(clean_reply(result.text)), self.options.max_sentences)
             reason = rejection(draft, conv, closing=ctx.last_turn)
             if reason is None:
                 metadata = self.provenance(result, attempts=attempt)
