@@ -304,7 +304,7 @@ def _check_target(builder: _Builder, raw: dict[str, Any], writer: tuple[StageOpt
         values = list(options.values)
     elif isinstance(options, UniformOptions) and options.integer:
         values = [options.low, options.high]
-    elif isinstance(options, GaussianOptions) and options.integer and None not in options.bounds():
+    elif isinstance(options, GaussianOptions) and options.integer and None not in (options.min, options.max):
         values = [options.min, options.max]
     else:
         builder.problem(

@@ -29,6 +29,7 @@ from typing import Any
 
 from fms_dgt.conversation import Conversation
 from fms_dgt.output import REPORTS, TASK_SNAPSHOT
+from fms_dgt.stages.samplers import CategoryOptions
 from fms_dgt.stages.text import words
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,8 @@ def expected_distributions(task: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for stage in stages:
         name, attribute = stage.get("name"), stage.get("attribute")
         if name == "sample/category":
-            weights = stage.get("weights") or [1.0] * len(stage["values"])
-            total = sum(weights)
-            configured[attribute] = {
-                "sampler": name,
-                "expected": {str(v): round(w / total, 4) for v, w in zip(stage["values"], weights)},
-            }
+            shares = CategoryOptions.model_validate(stage).distribution()
+            configured[attribute] = {"sampler": name, "expected": {str(v): round(w, 4) for v, w in shares.items()}}
         elif name == "sample/subcategory":
             parent = configured.get(stage["parent"], {}).get("expected")
             expected: dict[str, float] = defaultdict(float)

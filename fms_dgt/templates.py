@@ -43,13 +43,11 @@ def _compiled(source: str) -> Any:
     return _ENV.from_string(source)
 
 
-def render_text(conv: Conversation) -> str:
-    """The whole visible chat for templates and judges; unlike prompts, nothing is cut."""
-    lines = []
-    for message in conv.messages():
-        if message["role"] in ("user", "assistant"):
-            lines.append(f"{message['role'].capitalize()}: {' '.join(message['content'].split())}")
-    return "\n".join(lines)
+def render_text(conv: Conversation, roles: tuple[str, ...] = ("user", "assistant")) -> str:
+    """The whole visible chat (or one side of it) for templates and judges; nothing is cut."""
+    return "\n".join(
+        f"{m['role'].capitalize()}: {' '.join(m['content'].split())}" for m in conv.messages() if m["role"] in roles
+    )
 
 
 def context(conv: Conversation) -> dict[str, Any]:

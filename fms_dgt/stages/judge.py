@@ -17,7 +17,7 @@ from fms_dgt.config import ConfigModel, LMStageOptions, attribute_name, require_
 from fms_dgt.conversation import Conversation, JudgeScore, JudgeStep
 from fms_dgt.errors import StructuredOutputError
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.templates import render
+from fms_dgt.templates import render, render_text
 
 SYSTEM = (
     "You are a careful, impartial judge of conversations between a user and an AI assistant."
@@ -96,11 +96,6 @@ class JudgeStage(LMStage):
 
     def prompt(self, conv: Conversation) -> list[dict[str, str]]:
         what, roles = SCOPES[self.options.scope]
-        lines = [
-            f"{m['role'].capitalize()}: {' '.join(m['content'].split())}"
-            for m in conv.messages()
-            if m["role"] in roles
-        ]
         rubrics = []
         for rubric in self.options.rubrics:
             scale = "\n".join(f"  {score}: {meaning}" for score, meaning in sorted(rubric.scores.items()))
@@ -109,7 +104,7 @@ class JudgeStage(LMStage):
         extra = self.instructions(conv)
         if extra:
             parts.append(extra)
-        parts.append(f"{what[0].upper()}{what[1:]}:\n" + "\n".join(lines))
+        parts.append(f"{what[0].upper()}{what[1:]}:\n" + render_text(conv, roles))
         parts.append(
             "Reply in JSON with one entry per rubric name, each with a short \"reasoning\" and its"
             ' "score" (one of the listed numbers).'

@@ -100,9 +100,6 @@ class UniformOptions(SamplerOptions):
             raise ValueError("with integer: true, low and high must be whole numbers")
         return self
 
-    def bounds(self) -> tuple[float, float]:
-        return self.low, self.high
-
 
 @register_stage("sample/uniform")
 class UniformSampler(Stage):
@@ -127,9 +124,6 @@ class GaussianOptions(SamplerOptions):
         if self.min is not None and self.max is not None and self.max < self.min:
             raise ValueError(f"max ({self.max:g}) is below min ({self.min:g})")
         return self
-
-    def bounds(self) -> tuple[float | None, float | None]:
-        return self.min, self.max
 
 
 @register_stage("sample/gaussian")
