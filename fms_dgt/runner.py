@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from fms_dgt.errors import DgtError, EngineError
 from fms_dgt.executors import RayOptions, make_executor
 from fms_dgt.formatters import FORMATTERS
 from fms_dgt.lm_client import LMClient
-from fms_dgt.loader import Task
+from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.progress import Progress
 from fms_dgt.report import write_report
@@ -65,7 +65,6 @@ class RunResult:
     output_dir: Path
     status: str = "completed"
     error: DgtError | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner:
@@ -88,7 +87,7 @@ class Runner:
         seeds = []
         if self.config.seed_datastore is not None:
             seeds = read_jsonl(Path(self.config.seed_datastore.data_path), Conversation, what="seed example")
-        self.resources = Resources(task=self.config, lm=self.lm, stats=self.stats, seed_conversations=seeds)
+        self.resources = Resources(lm=self.lm, stats=self.stats, seed_conversations=seeds)
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
@@ -114,7 +113,7 @@ class Runner:
     async def run_conversation(self, attempt: int) -> Outcome:
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns)
+        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns, min_turns=self.config.min_turns)
         min_turns = self.config.min_turns
         target = self.config.target_turns
         try:
@@ -181,7 +180,7 @@ class Runner:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         self.store.open(restart=self.options.restart)
-        self.store.write_task(self.config.model_dump(mode="json", serialize_as_any=True))
+        self.store.write_task(self.config.model_dump(mode="json"))
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None

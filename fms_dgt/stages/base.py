@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fms_dgt.config import LMStageOptions, StageOptions, TaskConfig
+from fms_dgt.config import LMStageOptions, StageOptions
 from fms_dgt.conversation import Conversation
 from fms_dgt.engines.base import ChatResult, Message, Schema
 from fms_dgt.lm_client import LMClient
@@ -33,7 +33,6 @@ class DropConversation(Exception):  # noqa: N818 - a signal, not an error
 class Resources:
     """Shared by every stage of a run."""
 
-    task: TaskConfig
     lm: LMClient | None
     stats: RunStats
     seed_conversations: list[Conversation] = field(default_factory=list)
@@ -46,6 +45,8 @@ class ConversationContext:
     rng: random.Random
     # Most exchanges for this conversation: the task's max_turns, or its target_turns.
     max_turns: int
+    # Complete exchanges the conversation needs to be kept (the task's min_turns).
+    min_turns: int = 1
     turn: int = 0  # 0-based index of the exchange being produced
     # Set by a stage (the flow controller) when the exchange being produced is the last one.
     last_turn: bool = False
