@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from fms_dgt import __version__
+from fms_dgt.engines import ENGINES
 from fms_dgt.errors import ConfigError, DgtError, Problem
 from fms_dgt.executors import RayOptions
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
 from fms_dgt.runner import RunOptions, RunResult, Runner
-
-logger = logging.getLogger("fms_dgt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
     )
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
-    engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
+    engine.add_argument("--engine", choices=ENGINES.names(), help="engine type")
     engine.add_argument("--model", help="model name, catalogue name or GGUF path")
     engine.add_argument(
         "--base-url", action="append", metavar="URL",
@@ -221,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted is not None:
         print("interrupted: every finished conversation is saved; run again to resume", file=sys.stderr)
         return interrupted
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        print(f"error: {failed[0].error}", file=sys.stderr)
-        return failed[0].error.exit_code if failed[0].error else 1
+    for result in results:
+        if result.error is not None:
+            print(f"error: {result.error}", file=sys.stderr)
+            return result.error.exit_code
     return 0
 
 
