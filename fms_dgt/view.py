@@ -26,7 +26,7 @@ _PLACEHOLDER = "/*__DGT_DATA__*/"
 
 
 class ViewerError(ValueError):
-    """The folder cannot be shown (no data, a line that is not JSON); the message says where."""
+    """The folder cannot be shown (no data); the message says where."""
 
 
 def _read_json(path: Path) -> Any:
@@ -36,20 +36,20 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of ``final_data.jsonl`` as written (a torn last line, left by a kill, is skipped)."""
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+def record_lines(path: Path) -> list[str]:
+    """The records of ``final_data.jsonl`` as written, one JSON text each, not parsed: at 10,000
+    conversations parsing and re-serialising them would be most of the time to write the page.
+
+    Only the last line can be torn (the runner appends whole flushed lines; a kill or a run still
+    writing leaves at most a partial last one), so only that one is checked and left out if torn.
+    """
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                continue  # a run still writing, or killed mid-line
-            raise ViewerError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-    return records
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return lines
 
 
 def _report(folder: Path) -> tuple[dict[str, Any], str]:
@@ -59,44 +59,51 @@ def _report(folder: Path) -> tuple[dict[str, Any], str]:
         report = _read_json(saved)
         if isinstance(report, dict):
             return report, f"from {REPORT_JSON}"
-    return build_report(folder), f"computed from {FINAL} (no up-to-date {REPORT_JSON})"
+    try:
+        return build_report(folder), f"computed from {FINAL} (no up-to-date {REPORT_JSON})"
+    except ValueError as exc:  # a torn last line, a record from another version: show the data anyway
+        return {}, f"not available: {str(exc).splitlines()[0]}"
 
 
 def page_data(folder: Path) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-ready dict."""
+    """What the page shows besides the records, as one JSON-ready dict."""
     final = folder / FINAL
     if not final.is_file():
         raise ViewerError(f"{folder}: no {FINAL} here")
     task = _read_json(folder / TASK_SNAPSHOT) or {}
-    records = read_records(final)
     report, source = _report(folder)
     return {
-        "task_name": task.get("task_name") or (records[0].get("task_name") if records else folder.name),
+        "task_name": task.get("task_name") or folder.name,
         "folder": str(folder),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "records": records,
         "report": report,
         "report_source": source,
         "summary": _read_json(folder / SUMMARY),
     }
 
 
-def script_json(data: Any) -> str:
-    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left to parse as markup."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+def _escape(text: str) -> str:
+    """JSON text made safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left to parse as markup."""
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render(data: dict[str, Any]) -> str:
+def script_json(data: dict[str, Any], records: list[str]) -> str:
+    """``data`` with ``records`` (JSON texts) added as its ``records`` list, escaped for a script element."""
+    head = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return _escape(head[:-1] + ',"records":[' + ",".join(records) + "]}")
+
+
+def render(data: dict[str, Any], records: list[str]) -> str:
     template = resources.files("fms_dgt").joinpath("viewer_template.html").read_text(encoding="utf-8")
     head, sep, tail = template.partition(_PLACEHOLDER)
     assert sep, "viewer_template.html lost its data placeholder"
-    return head + script_json(data) + tail
+    return head + script_json(data, records) + tail
 
 
 def write_viewer(folder: Path) -> Path:
     """Write ``viewer.html`` into ``folder`` (atomically) and return its path."""
-    page = render(page_data(folder))
+    data = page_data(folder)
+    page = render(data, record_lines(folder / FINAL))
     path = folder / VIEWER
     tmp = path.with_suffix(".tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = write_viewer(args.folder)
-    except ValueError as exc:  # ViewerError, or a record that does not fit the schema
+    except ViewerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
