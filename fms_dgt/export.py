@@ -143,9 +143,9 @@ def dataset_card(
         *[f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits],
         "---",
     ]
-    models = sorted({
-        f"{info.get('model')} ({info.get('type')})" for info in (summary.get("engines") or {}).values()
-    } | {str(s.metadata["model"]) for c in records for s in c.steps if s.metadata.get("model")})
+    engines = (summary.get("engines") or {}).values()
+    models = sorted({f"{info.get('model')} ({info.get('type')} engine)" for info in engines}
+                    or {str(s.metadata["model"]) for c in records for s in c.steps if s.metadata.get("model")})
     stages = [s.get("name") for key in ("initialization_stages", "iteration_stages", "termination_stages")
               for s in task.get(key, [])]
     turns = Counter(c.num_turns for c in records)

@@ -47,7 +47,7 @@ def test_hf_export_loads_and_its_messages_round_trip(folder: Path, tmp_path: Pat
     assert json.loads(row["judge_scores"])["helpfulness"] in (1, 2, 3)
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\n")
-    for text in ("| train | 7 |", "| validation | 3 |", "scripted (scripted)", "lm/flow_controller",
+    for text in ("| train | 7 |", "| validation | 3 |", "models: scripted (scripted engine)\n", "lm/flow_controller",
                  "| exchanges | conversations |", "dropped in the last run, by reason | judge_helpfulness_below_1"):
         assert text in card
 
