@@ -20,7 +20,9 @@ from fms_dgt.engines import ENGINES
 from fms_dgt.errors import ConfigError, DgtError, Problem
 from fms_dgt.executors import RayOptions
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
+from fms_dgt.preview import preview_tasks
 from fms_dgt.runner import RunOptions, RunResult, Runner
+from fms_dgt.validate import validate_tasks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", action="append", metavar="URL",
         help="server URL (ollama, openai); give it again for each further server of the same model:"
         " requests go to the least busy one, and a failing one is left out for a while",
+    )
+    inspect = parser.add_argument_group("look before a run (nothing is written to the output folder)")
+    inspect.add_argument(
+        "--validate", action="store_true",
+        help="check the task, its data files and engines, print what a run would do; no generation call",
+    )
+    inspect.add_argument(
+        "--preview", type=_positive, nargs="?", const=1, default=None, metavar="K",
+        help="run K conversations (default 1) one by one and print every step live on stdout",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     parser.add_argument("--debug", action="store_true", help="debug logging, and tracebacks on errors")
@@ -196,6 +207,8 @@ def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.validate and args.preview:
+        parser.error("--validate and --preview do not go together")
     if args.executor != "ray":
         for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers)):
             if value is not None:
@@ -205,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
     try:
         paths = find_task_files(args.task_paths)
+        if args.validate or args.preview:
+            look = validate_tasks(paths, override, args.output_dir, args.num_outputs_to_generate) if args.validate \
+                else preview_tasks(paths, override, args.preview, args.seed)
+            code, interrupted = _run_with_signals(look)
+            return code if interrupted is None else interrupted
         results, interrupted = _run_with_signals(_run_all(args, paths, override))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

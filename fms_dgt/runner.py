@@ -34,6 +34,7 @@ from fms_dgt.report import write_report
 from fms_dgt.stages import STAGES, DropConversation, Stage
 from fms_dgt.stages.base import ConversationContext, Resources
 from fms_dgt.stats import RunStats
+from fms_dgt.view import write_viewer
 
 logger = logging.getLogger(__name__)
 
@@ -256,11 +257,15 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     def _write_report(self) -> None:
-        """The analysis report; a failure here is logged, never fatal: the data is on disk."""
+        """The analysis report and the viewer; a failure here is logged, never fatal: the data is on disk."""
         try:
             write_report(self.store.dir)
         except Exception as exc:  # noqa: BLE001 - the report is a convenience
             logger.warning("could not write the report: %s (run python -m fms_dgt.report %s)", exc, self.store.dir)
+        try:
+            write_viewer(self.store.dir)
+        except Exception as exc:  # noqa: BLE001 - likewise
+            logger.warning("could not write the viewer: %s (run python -m fms_dgt.view %s)", exc, self.store.dir)
 
     def _summary(
         self,
