@@ -23,8 +23,10 @@ LAYERS: list[tuple[str, list[str]]] = [
                      "fms_dgt.stats", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config"]),
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
-    ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.progress", "fms_dgt.executors", "fms_dgt.runner"]),
-    ("interfaces", ["fms_dgt.api", "fms_dgt.cli", "fms_dgt.public", "fms_dgt.__main__", "fms_dgt.testing"]),
+    ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress", "fms_dgt.executors",
+             "fms_dgt.runner"]),
+    ("interfaces", ["fms_dgt.api", "fms_dgt.validate", "fms_dgt.preview", "fms_dgt.export", "fms_dgt.cli",
+                    "fms_dgt.public", "fms_dgt.__main__", "fms_dgt.testing"]),
 ]
 
 
@@ -61,7 +63,8 @@ def layer(name: str) -> int:
     best, index = -1, -1
     for i, (_, members) in enumerate(LAYERS):
         for member in members:
-            if (name == member or name.startswith(member + ".")) and len(member) > best:
+            inside = name.startswith(member + ".") and member != PACKAGE  # the package root holds only itself
+            if (name == member or inside) and len(member) > best:
                 best, index = len(member), i
     if index < 0:
         raise SystemExit(f"{name} is in no layer: add it to LAYERS in {Path(__file__).name}")
