@@ -9,6 +9,7 @@ from typing import Any
 
 from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
 from fms_dgt.errors import EngineError
+from fms_dgt.spend import charge
 from fms_dgt.stats import RunStats
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,13 @@ class LMClient:
                 result = await target.chat(messages, schema=schema, **params)
             except EngineError as exc:
                 usage = getattr(exc, "usage", None)
-                self.stats.record_call(
+                self._record(
                     stage,
                     engine,
                     calls=getattr(exc, "calls", 1),
                     prompt=usage.prompt_tokens if usage else 0,
                     completion=usage.completion_tokens if usage else 0,
+                    cached=usage.cached_tokens if usage else 0,
                     seconds=time.perf_counter() - started,
                     failed=True,
                 )
@@ -54,7 +56,7 @@ class LMClient:
             stage, engine, time.perf_counter() - started,
             result.usage.prompt_tokens, result.usage.completion_tokens, result.finish_reason,
         )
-        self.stats.record_call(
+        self._record(
             stage,
             engine,
             calls=result.calls,
@@ -65,3 +67,15 @@ class LMClient:
             failed=False,
         )
         return result
+
+    def _record(
+        self, stage: str, engine: str, *, calls: int, prompt: int, completion: int, cached: int, seconds: float, failed: bool
+    ) -> None:
+        """Count a call in the run's stats and in its conversation's spend, priced by the engine."""
+        price = self.engines[engine].config.price
+        cost = price.cost(prompt, completion, cached) if price is not None else 0.0
+        self.stats.record_call(
+            stage, engine, calls=calls, prompt=prompt, completion=completion, cached=cached,
+            seconds=seconds, failed=failed, cost=cost,
+        )
+        charge(calls=calls, prompt=prompt, completion=completion, cached=cached, cost=cost)
