@@ -94,7 +94,7 @@ class KeepRateBreaker:
         top = stats.dropped.most_common(TOP_REASONS)
         lines = [
             f"stopping: {kept} of {tried} conversations kept in this run; the keep rate is below"
-            f" {self.min_keep_rate:.0%} with 99 % confidence (turn this off with --min-keep-rate 0)",
+            f" {self.min_keep_rate * 100:g} % with 99 % confidence (turn this off with --min-keep-rate 0)",
             "  top drops: " + ", ".join(f"{reason} {count}" for reason, count in top),
         ]
         if stats.rejected_drafts:
