@@ -95,6 +95,10 @@ class Budget:
                 return True
         return False
 
+    def spent_out(self) -> bool:
+        """Whether a budget is spent (no side effects; checked after every LM call)."""
+        return any(self.spent(limit.kind) >= limit.limit for limit in self.limits)
+
     def seconds_left(self) -> float | None:
         """Until the time budget runs out (for the runner's wait), or None without one."""
         for limit in self.limits:

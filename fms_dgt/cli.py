@@ -19,7 +19,7 @@ from typing import Any
 from fms_dgt import __version__
 from fms_dgt.errors import ConfigError, DgtError, Problem
 from fms_dgt.executors import RayOptions
-from fms_dgt.forecast import describe
+from fms_dgt.forecast import MIN_KEPT, describe
 from fms_dgt.guard import LimitOverrides
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
 from fms_dgt.runner import RunOptions, RunResult, Runner
@@ -255,7 +255,7 @@ async def _estimate(task: Any, options: RunOptions, attempts: int) -> RunResult:
     projection = runner.guard.projection(total, fresh=True)
     head = f"{s['task_name']}: estimate from {tried} conversations: {s['accepted']} kept"
     if projection is None:
-        print(f"{head}; too few kept to forecast (at least 3 are needed): try a larger --estimate", file=sys.stdout)
+        print(f"{head}; too few kept to forecast (at least {MIN_KEPT} are needed): try a larger --estimate", file=sys.stdout)
         return result
     per_kept_calls = projection.estimates["calls"].value / total
     per_kept_tokens = projection.estimates["tokens"].value / total

@@ -9,7 +9,8 @@ taking them as they come would forecast too low; the first ones *started* are a 
 The spread is a 90 % interval from the delta method for a ratio estimator: with d_i = s_i - R k_i
 (an attempt's spend minus what its keeps account for), the remaining spend for M more kept
 conversations has variance var(d) * M / k̄ * (1 + M / (n k̄)) (the new attempts' own variation,
-plus the uncertainty of R from n sampled attempts with a mean keep k̄).
+plus the uncertainty of R from n sampled attempts with a mean keep k̄), with Student's t
+for the quantile, since the first forecasts rest on a handful of attempts.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ from dataclasses import dataclass
 
 from fms_dgt.spend import Spend
 
-Z90 = 1.645
-MIN_KEPT = 3  # kept conversations in the sample before a forecast is shown
+MIN_KEPT = 5  # kept conversations in the sample before a forecast is shown
+# One-sided 95 % quantiles of Student's t by degrees of freedom (a 90 % interval): small samples
+# get wider intervals than the normal's 1.645.
+_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812,
+        1.796, 1.782, 1.771, 1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725)
+
+
+def t95(df: int) -> float:
+    if df <= len(_T95):
+        return _T95[df - 1]
+    return 1.645 + 1.6 / df  # close to the table's tail, and to 1.645 for large samples
 # Quantities forecast, as (name, attribute of Spend).
 QUANTITIES = (("tokens", "tokens"), ("calls", "calls"), ("cost", "cost"), ("seconds", "seconds"))
 
@@ -56,38 +66,54 @@ class Projection:
         }
 
 
+class _Sums:
+    """Running sums over the sampled attempts, so each update and projection is O(1)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.kept = 0
+        self.s = dict.fromkeys(ATTRS, 0.0)  # sum of s_i
+        self.ss = dict.fromkeys(ATTRS, 0.0)  # sum of s_i squared
+        self.sk = dict.fromkeys(ATTRS, 0.0)  # sum of s_i over kept attempts
+
+    def add(self, spend: Spend, kept: bool) -> None:
+        self.n += 1
+        self.kept += kept
+        for attr in ATTRS:
+            value = float(getattr(spend, attr))
+            self.s[attr] += value
+            self.ss[attr] += value * value
+            if kept:
+                self.sk[attr] += value
+
+
+ATTRS = tuple(attr for _, attr in QUANTITIES)
+
+
 class Forecast:
     """Fed with every started and finished attempt; projects the run's totals on demand."""
 
     def __init__(self) -> None:
         self._order: list[int] = []  # attempts in the order they were started
-        self._finished: dict[int, tuple[Spend, bool]] = {}
-        self._prefix = 0  # self._order[:self._prefix] have all finished
-        self.finished_spend = Spend()  # every finished attempt, sampled or not
-        self.finished = 0
+        self._finished: dict[int, tuple[Spend, bool]] = {}  # finished, not yet in the sample
+        self._prefix = 0  # self._order[:self._prefix] have all finished: the sample
+        self.sampled = _Sums()
+        self.all = _Sums()  # every finished attempt, sampled or not
 
     def started(self, attempt: int) -> None:
         self._order.append(attempt)
 
     def finished_attempt(self, attempt: int, spend: Spend, kept: bool) -> None:
+        self.all.add(spend, kept)
         self._finished[attempt] = (spend, kept)
-        self.finished += 1
-        total = self.finished_spend
-        for attr in ("calls", "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "seconds"):
-            setattr(total, attr, getattr(total, attr) + getattr(spend, attr))
         while self._prefix < len(self._order) and self._order[self._prefix] in self._finished:
+            self.sampled.add(*self._finished.pop(self._order[self._prefix]))
             self._prefix += 1
-
-    def sample(self) -> list[tuple[Spend, bool]]:
-        """The fair sample: attempts started before any attempt still unfinished."""
-        return [self._finished[a] for a in self._order[: self._prefix]]
 
     def per_attempt(self, attr: str) -> float | None:
         """Mean spend of one attempt (sampled if possible), for the budget's look-ahead."""
-        sample = self.sample() or list(self._finished.values())
-        if not sample:
-            return None
-        return sum(getattr(s, attr) for s, _ in sample) / len(sample)
+        sums = self.sampled if self.sampled.n else self.all
+        return sums.s[attr] / sums.n if sums.n else None
 
     def project(
         self, total: int, kept_now: int, elapsed: float, concurrency: int, *, fresh: bool = False
@@ -95,30 +121,33 @@ class Forecast:
         """Totals for this run if it ends with ``total`` kept, ``kept_now`` of them already kept
         (by earlier runs too); with ``fresh``, for a new run of ``total`` from nothing (what
         ``--estimate`` prints). None until the sample holds ``MIN_KEPT`` kept conversations."""
-        sample = self.sample()
-        n = len(sample)
-        kept = sum(k for _, k in sample)
+        sums = self.sampled
+        n, kept = sums.n, sums.kept
         if kept < MIN_KEPT or n < 2:
             return None
         needed = max(0, total - kept_now)
         kbar = kept / n
         estimates = {}
         for name, attr in QUANTITIES:
-            values = [getattr(s, attr) for s, _ in sample]
-            ratio = sum(values) / kept
-            residuals = [v - ratio * k for v, (_, k) in zip(values, sample)]
-            var_d = sum(r * r for r in residuals) / (n - 1)
+            ratio = sums.s[attr] / kept
+            # sum of (s_i - R k_i)^2, with k_i in {0, 1}
+            squares = sums.ss[attr] - 2 * ratio * sums.sk[attr] + ratio * ratio * kept
+            var_d = max(0.0, squares) / (n - 1)
             remaining = needed * ratio
-            spread = Z90 * math.sqrt(var_d * needed / kbar * (1 + needed / (n * kbar))) if needed else 0.0
+            spread = t95(n - 1) * math.sqrt(var_d * needed / kbar * (1 + needed / (n * kbar))) if needed else 0.0
             if name == "seconds":
                 # Conversation-seconds, run ``concurrency`` at a time, on top of the time so far.
                 base, remaining, spread = elapsed, remaining / concurrency, spread / concurrency
             else:
-                base = getattr(self.finished_spend, attr)
+                base = self.all.s[attr]
             if fresh:
                 base = 0.0
             estimates[name] = Estimate(base + remaining, base + max(0.0, remaining - spread), base + remaining + spread)
         return Projection(total=total, sample_attempts=n, sample_kept=kept, estimates=estimates)
+
+    @property
+    def sample_size(self) -> int:
+        return self.sampled.n
 
 
 def format_quantity(name: str, value: float) -> str:

@@ -77,6 +77,8 @@ class RunGuard:
         self.kept_total = 0  # kept in the folder, earlier runs included (set by the runner)
         self._started = 0
         self._warned = False
+        self._status, self._status_at = "", float("-inf")
+        self._spent = asyncio.Event()
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -90,9 +92,24 @@ class RunGuard:
         self.forecast.started(attempt)
         return True
 
-    def wait_timeout(self) -> float | None:
-        """How long the runner may wait for the next finished conversation (the time budget)."""
-        return self.budget.seconds_left()
+    async def wait(self, pending: set[asyncio.Task[Outcome]]) -> tuple[set[Any], set[Any]]:
+        """``asyncio.wait`` for the first finished conversation, cut short when the time budget
+        runs out or an LM call spends a budget (``after_call``), so the conversations in flight
+        are cancelled then rather than at the next finished one."""
+        self._spent.clear()
+        waiter = asyncio.ensure_future(self._spent.wait())
+        try:
+            done, rest = await asyncio.wait(
+                pending | {waiter}, timeout=self.budget.seconds_left(), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+        return done - {waiter}, rest - {waiter}
+
+    def after_call(self) -> None:
+        """Hooked to the LM client: wake the runner when a budget has just been spent."""
+        if self.budget.limits and not self._spent.is_set() and self.budget.spent_out():
+            self._spent.set()
 
     def observe(self, done: Iterable[asyncio.Task[Outcome]], kept_total: int) -> bool:
         """Take in finished conversations; True when a budget is spent and the rest should stop."""
@@ -119,9 +136,14 @@ class RunGuard:
         )
 
     def status(self) -> str:
-        """The forecast for N, for the progress line ('' until there is one)."""
-        projection = self.projection()
-        return describe(projection, self.priced) if projection is not None else ""
+        """The forecast for N, for the progress line ('' until there is one); recomputed at
+        most once a second, as the bar may ask for it at every finished conversation."""
+        now = time.perf_counter()
+        if now - self._status_at >= 1.0:
+            projection = self.projection()
+            self._status = describe(projection, self.priced) if projection is not None else ""
+            self._status_at = now
+        return self._status
 
     def _warn_if_over_budget(self) -> None:
         if self._warned or not self.budget.limits:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
@@ -23,6 +24,8 @@ class LMClient:
         self.engines = engines
         self.stats = stats
         self._limits = {name: asyncio.Semaphore(engine.capacity) for name, engine in engines.items()}
+        # Called after every call is counted (the runner's budgets: stop as soon as one is spent).
+        self.after_call: Callable[[], None] | None = None
 
     async def chat(
         self,
@@ -79,3 +82,5 @@ class LMClient:
             seconds=seconds, failed=failed, cost=cost,
         )
         charge(calls=calls, prompt=prompt, completion=completion, cached=cached, cost=cost)
+        if self.after_call is not None:
+            self.after_call()

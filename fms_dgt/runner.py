@@ -206,6 +206,8 @@ class Runner:
         progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats,
                             describe=self.guard.status)
         progress.start()
+        if self.lm is not None:
+            self.lm.after_call = self.guard.after_call
         try:
             if before < target:
                 await self.executor.start()
@@ -251,9 +253,7 @@ class Runner:
                     self.stats.attempts += 1
                 if not pending:  # the guard started nothing more
                     break
-                done, pending = await asyncio.wait(
-                    pending, timeout=self.guard.wait_timeout(), return_when=asyncio.FIRST_COMPLETED
-                )
+                done, pending = await self.guard.wait(pending)  # also woken when a budget is spent
                 for finished in done:
                     outcome = finished.result()
                     if outcome.conv is None:
