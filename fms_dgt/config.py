@@ -22,6 +22,26 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Price(ConfigModel):
+    """What an engine's tokens cost, per million; the run summary and budgets count in this unit."""
+
+    prompt_per_million: float = Field(0.0, ge=0, description="Price of one million prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0, description="Price of one million generated tokens.")
+    cached_prompt_per_million: float | None = Field(
+        None, ge=0, description="Price of one million prompt tokens served from the server's cache (default: the prompt price)."
+    )
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """The cost of one call's tokens; ``cached`` is the part of ``prompt`` read from cache."""
+        cached = min(cached, prompt)
+        cached_price = self.prompt_per_million if self.cached_prompt_per_million is None else self.cached_prompt_per_million
+        return (
+            (prompt - cached) * self.prompt_per_million
+            + cached * cached_price
+            + completion * self.completion_per_million
+        ) / 1e6
+
+
 class EngineConfig(ConfigModel):
     """Settings shared by all engines; each engine type extends it with its own options."""
 
@@ -45,6 +65,7 @@ class EngineConfig(ConfigModel):
     max_tokens: int | None = Field(None, ge=1, description="Cap on generated tokens per call.")
     seed: int | None = None
     stop: list[str] | None = None
+    price: Price | None = Field(None, description="Token prices, for the cost in the summary and --max-cost.")
 
     @field_validator("base_url")
     @classmethod
@@ -184,3 +205,16 @@ class TargetTurns(ConfigModel):
                 raise ValueError(f"{count} messages is not a whole number of user/assistant exchanges")
             count //= 2
         return count
+
+
+class LimitsConfig(ConfigModel):
+    """When a run stops by itself: the keep-rate breaker and the per-run budgets (``limits:``)."""
+
+    min_keep_rate: float = Field(
+        0.05, ge=0, lt=1, description="Stop when the keep rate is surely below this (0 turns the breaker off)."
+    )
+    min_attempts: int = Field(20, ge=1, description="Finished attempts the breaker needs before it may stop a run.")
+    max_tokens: int | None = Field(None, ge=1, description="Prompt + completion tokens this run may spend.")
+    max_calls: int | None = Field(None, ge=1, description="LM calls this run may make.")
+    max_cost: float | None = Field(None, gt=0, description="Cost this run may spend (needs engine prices).")
+    max_time: float | None = Field(None, gt=0, description="Seconds this run may take.")

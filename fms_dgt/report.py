@@ -293,6 +293,7 @@ def build_report(folder: Path) -> dict[str, Any]:
             "rescued": summary.get("rescued", {}),
         },
         "diversity": {role: counter.result() for role, counter in texts.items()},
+        "cost": summary.get("cost"),  # None unless an engine has a price
     }
     return report
 
@@ -379,6 +380,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             [[k, v, "dropped"] for k, v in drops["dropped"].items()] + [[k, v, "rescued"] for k, v in drops["rescued"].items()],
             ["reason", "count", "outcome"],
         ), ""]
+    cost = report.get("cost")
+    if cost:
+        per_kept = cost["per_kept_conversation"]
+        out += ["## Cost (last run, every call counted)", "",
+                f"Total {cost['total']:.6g}" + (f", {per_kept:.6g} per kept conversation." if per_kept is not None else "."),
+                "", _table([[f"engine {k}", f"{v:.6g}"] for k, v in cost["per_engine"].items()]
+                           + [[f"stage {k}", f"{v:.6g}"] for k, v in cost["per_stage"].items()], ["by", "cost"]), ""]
     out += ["## Lexical diversity", "", _table(
         [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
          for role, d in report["diversity"].items()],

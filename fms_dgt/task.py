@@ -26,6 +26,7 @@ from fms_dgt.config import (
     DatastoreConfig,
     EngineConfig,
     FormatterConfig,
+    LimitsConfig,
     LMStageOptions,
     StageOptions,
     TargetTurns,
@@ -89,6 +90,7 @@ class TaskConfig(ConfigModel):
     termination_stages: list[StageSpec] = Field(default_factory=list)
     formatter: FormatterConfig = Field(default_factory=FormatterConfig)
     seed_datastore: DatastoreConfig | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -20,10 +20,11 @@ PACKAGE = "fms_dgt"
 # From the bottom up. A module's layer is the first entry that is the module or a package above it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["fms_dgt", "fms_dgt.errors", "fms_dgt.registry", "fms_dgt.plugins", "fms_dgt.conversation",
-                     "fms_dgt.stats", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config"]),
+                     "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config"]),
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
-    ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress", "fms_dgt.executors",
+    ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",
+             "fms_dgt.forecast", "fms_dgt.breaker", "fms_dgt.budget", "fms_dgt.guard", "fms_dgt.executors",
              "fms_dgt.runner"]),
     ("interfaces", ["fms_dgt.api", "fms_dgt.validate", "fms_dgt.preview", "fms_dgt.export", "fms_dgt.cli",
                     "fms_dgt.public", "fms_dgt.__main__", "fms_dgt.testing"]),

@@ -21,12 +21,23 @@ from fms_dgt.stats import RunStats
 from fms_dgt.templates import render
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """The last draft a stage turned down before dropping a conversation, so that a run stopped
+    for keeping nothing can show the user what the model actually wrote."""
+
+    stage: str
+    reason: str
+    text: str
+
+
 class DropConversation(Exception):  # noqa: N818 - a signal, not an error
     """Raised by a stage to drop the conversation; ``reason`` is a short countable label."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, rejected: Rejection | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.rejected = rejected
 
 
 @dataclass
