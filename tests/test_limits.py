@@ -298,3 +298,20 @@ def test_limits_defaults() -> None:
     limits = LimitsConfig()
     assert limits.min_keep_rate == 0.05 and limits.min_attempts == 20
     assert limits.max_tokens is limits.max_calls is limits.max_cost is limits.max_time is None
+
+
+def test_help_lists_the_limit_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--min-keep-rate", "--keep-rate-min-attempts", "--max-tokens", "--max-calls", "--max-cost",
+                 "--max-time", "--estimate"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("args", [["--min-keep-rate", "1"], ["--min-keep-rate", "-0.1"], ["--max-cost", "0"],
+                                  ["--max-time", "abc"], ["--max-tokens", "0"], ["--estimate", "0"]])
+def test_bad_limit_flags_exit_2(args: list[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--task-paths", str(write_task(tmp_path, task_dict(tmp_path))), *args])
+    assert info.value.code == 2
