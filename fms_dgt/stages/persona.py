@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -48,7 +47,6 @@ def render_persona(persona: Persona) -> str:
 
 class PersonaOptions(StageOptions):
     persona_store: DatastoreConfig = Field(description="JSONL file of personas (`role` required).")
-    target: Literal["user"] = "user"
 
 
 @register_stage("sample/persona")
