@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -17,8 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(self, total: int, *, initial: int, enabled: bool, stats: RunStats) -> None:
+    def __init__(
+        self, total: int, *, initial: int, enabled: bool, stats: RunStats, limits: Callable[[], str] | None = None
+    ) -> None:
         self.stats = stats
+        self.limits = limits  # the engines' current concurrency limits, shown as limit=...
         self.started = time.perf_counter()
         self.total = total
         self.done = min(initial, total)
@@ -44,6 +48,8 @@ class Progress:
             f"drops={dropped} calls/s={self.stats.lm_calls / elapsed:.1f}"
             f" tok/s={self.stats.tokens / elapsed:.0f}"
         )
+        if self.limits is not None:
+            status += f" limit={self.limits()}"
         if self.bar.disable:
             logger.info("%d/%d conversations, %.0f s, %s", self.done, self.total, elapsed, status)
             return

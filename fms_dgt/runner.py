@@ -29,6 +29,7 @@ from fms_dgt.formatters import FORMATTERS
 from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import Task
 from fms_dgt.output import OutputStore
+from fms_dgt.pacing import Pacer
 from fms_dgt.progress import Progress
 from fms_dgt.report import write_report
 from fms_dgt.stages import STAGES, DropConversation, Stage
@@ -47,7 +48,8 @@ class RunOptions:
     output_dir: Path = Path("output")
     restart: bool = False
     seed: int | None = None
-    concurrency: int | None = None  # per process: with Ray, per worker
+    # Conversations in flight per process (with Ray, per worker); None: follow the engines' limits.
+    concurrency: int | None = None
     progress: bool = True
     ray: RayOptions | None = None  # run the conversations on a Ray cluster
 
@@ -92,8 +94,10 @@ class Runner:
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
-        default_concurrency = 2 * max((e.capacity for e in engines.values()), default=4)
-        self.concurrency = options.concurrency or default_concurrency
+        self.pacer = Pacer(engines)
+        # A fixed number of conversations in flight, or None to follow the engines' current limits
+        # (the Ray driver cannot see its workers' limits: it sends each a fixed number).
+        self.concurrency = options.concurrency or (self.pacer.nominal() if options.ray else None)
         self.executor = make_executor(self, options.ray)
 
     def _build(self, specs: list[StageOptions]) -> list[Stage]:
@@ -112,6 +116,7 @@ class Runner:
         return rng, str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
     async def run_conversation(self, attempt: int) -> Outcome:
+        self.pacer.enter(attempt)
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
         ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns)
@@ -185,7 +190,9 @@ class Runner:
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None
-        progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats)
+        progress = Progress(
+            target, initial=before, enabled=self.options.progress, stats=self.stats, limits=self.pacer.limits
+        )
         try:
             if before < target:
                 await self.executor.start()
@@ -218,15 +225,22 @@ class Runner:
         consecutive_failures = 0
         try:
             while self.store.count < target:
-                while len(pending) < self.executor.capacity and self.store.count + len(pending) < target:
+                # Beyond what N still needs, spare conversations use idle capacity (see pacing).
+                while len(pending) < self.executor.capacity:
                     if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue
-                    pending.add(self.executor.submit(attempt))
+                    task = self.executor.submit(attempt)
+                    pending.add(task)
+                    self.pacer.track(task, attempt, len(pending))
                     attempt += 1
                     self.stats.attempts += 1
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
+                done, pending = await self.pacer.wait(pending)
+                for finished in sorted(done, key=self.pacer.attempt):
+                    if self.store.count >= target:  # N reached earlier in this batch
+                        self.pacer.spare([finished])
+                        continue
+                    self.pacer.finished(finished)
                     outcome = finished.result()
                     if outcome.conv is None:
                         assert outcome.drop_reason is not None
@@ -246,6 +260,7 @@ class Runner:
                     consecutive_failures = 0
                     conv = outcome.conv
                     self.store.append(conv)
+                    self.pacer.kept()
                     self.stats.accepted += 1
                     self.stats.stop_reasons[conv.stop_reason or "unknown"] += 1
                     self.stats.turns[conv.num_turns] += 1
@@ -255,6 +270,8 @@ class Runner:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+                if self.store.count >= target:
+                    self.pacer.spare(pending)
 
     def _write_report(self) -> None:
         """The analysis report; a failure here is logged, never fatal: the data is on disk."""
@@ -288,6 +305,7 @@ class Runner:
             "already_done": before,
             "total": self.store.count,
             "concurrency": self.concurrency,
+            **self.pacer.report(remote=self.options.ray is not None),
             "executor": self.executor.describe(),
             "engines": engines,
             **self.stats.as_dict(),

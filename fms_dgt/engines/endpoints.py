@@ -88,14 +88,17 @@ class Endpoints:
     def __len__(self) -> int:
         return len(self.all)
 
-    def pick(self) -> Endpoint:
+    def pick(self, among: Sequence[Endpoint] | None = None) -> Endpoint:
         """The endpoint for the next attempt: the least busy available one (ties in turn); if every
-        endpoint is resting, the least busy of all, so a lone endpoint is always used."""
+        endpoint is resting, the least busy of all, so a lone endpoint is always used. ``among``:
+        only these (the ones whose concurrency limit has room)."""
         now = self._clock()
         count = len(self.all)
         start = self._turn
         self._turn = (start + 1) % count
         ordered = [self.all[(start + i) % count] for i in range(count)]
+        if among is not None:
+            ordered = [e for e in ordered if e in among]
         candidates = [e for e in ordered if e.available(now)] or ordered
         return min(candidates, key=lambda e: e.outstanding)
 
