@@ -103,7 +103,7 @@ def test_timeouts_cut_the_limit_through_the_gate() -> None:
     limit = AdaptiveLimit(512, initial=40, clock=clock)
 
     async def scenario() -> None:
-        gate: Gate[None] = Gate({None: limit}, clock=clock)
+        gate: Gate[str] = Gate({"local": limit}, clock=clock)
         key, started = await gate.acquire()
         gate.release(key, started, dropped=True)  # how base.Engine reports a timeout
         assert limit.limit == 20
@@ -145,7 +145,7 @@ def test_fixed_limit_never_moves() -> None:
 
 
 async def test_gate_serves_earlier_conversations_first_and_returns_cancelled_slots() -> None:
-    gate: Gate[None] = Gate({None: FixedLimit(1)})
+    gate: Gate[str] = Gate({"local": FixedLimit(1)})
     holder = await gate.acquire()
     order: list[int] = []
 
@@ -162,7 +162,7 @@ async def test_gate_serves_earlier_conversations_first_and_returns_cancelled_slo
     gate.release(*holder, latency=0.0)
     await asyncio.gather(*tasks, return_exceptions=True)
     assert order == [1, 3, 5]
-    assert gate.in_flight[None] == 0
+    assert gate.in_flight["local"] == 0
 
 
 # -- the OpenAI engine against the simulated server --------------------------------------------

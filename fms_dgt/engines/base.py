@@ -38,6 +38,8 @@ Message = dict[str, str]
 ERROR_WINDOW = 40
 MAX_ERROR_RATE = 0.5
 Schema = type[BaseModel] | dict[str, Any]
+# The gate's key for the one limit of an engine without servers (the embedded one).
+IN_PROCESS = "local"
 
 
 @dataclass(slots=True)
@@ -98,7 +100,7 @@ class Engine(ABC):
         self._recent: deque[bool] = deque(maxlen=ERROR_WINDOW)  # True = the request failed
         # The servers requests go to; None for engines that run in this process.
         self.endpoints: Endpoints | None = None
-        self._gate: Gate[Endpoint | None] | None = None
+        self._gate: Gate[Endpoint | str] | None = None
         # Requests abandoned while the server worked on them (spare conversations cancelled at N).
         self.requests_cancelled = 0
 
@@ -120,12 +122,12 @@ class Engine(ABC):
         return per_endpoint * (len(self.endpoints) if self.endpoints is not None else 1)
 
     @property
-    def gate(self) -> Gate[Endpoint | None]:
+    def gate(self) -> Gate[Endpoint | str]:
         """The priority queue in front of the endpoints' limits (made at first use, once
         ``endpoints`` is set)."""
         if self._gate is None:
             if self.endpoints is None:
-                self._gate = Gate({None: self._new_limit()})
+                self._gate = Gate({IN_PROCESS: self._new_limit()})
             else:
                 endpoints = self.endpoints
                 self._gate = Gate({e: self._new_limit() for e in endpoints.all}, choose=endpoints.pick)
@@ -141,7 +143,7 @@ class Engine(ABC):
         empty when this engine sent nothing from this process (the Ray driver's)."""
         if self._gate is None or not self._gate.used:
             return {}
-        return {key.name if key is not None else "local": r for key, r in self._gate.report().items()}
+        return {key.name if isinstance(key, Endpoint) else key: r for key, r in self._gate.report().items()}
 
     def environment_variables(self) -> list[str]:
         """Names of the environment variables this engine reads (the Ray executor copies them to
@@ -249,7 +251,8 @@ class Engine(ABC):
     ) -> ChatResult:
         """One attempt once the gate grants a slot. The gate picks the endpoint, so a retry goes
         where the last attempt did not fail; the outcome goes back to that endpoint's limit."""
-        endpoint, started = await self.gate.acquire()
+        key, started = await self.gate.acquire()
+        endpoint = key if isinstance(key, Endpoint) else None
         latency, dropped, retry_after = None, False, None
         try:
             result = await self._attempt(endpoint, messages, json_schema, params)
@@ -263,7 +266,7 @@ class Engine(ABC):
             self.requests_cancelled += 1
             raise
         finally:
-            self.gate.release(endpoint, started, latency=latency, dropped=dropped, retry_after=retry_after)
+            self.gate.release(key, started, latency=latency, dropped=dropped, retry_after=retry_after)
 
     async def _attempt(
         self,

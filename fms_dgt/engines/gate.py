@@ -30,14 +30,15 @@ Key = TypeVar("Key")
 class Gate(Generic[Key]):
     """Grants request slots on keyed limits (one per endpoint, or one for an in-process engine).
 
-    ``choose`` picks the key among those with room (the engine's balancer); ``on_change`` is
-    called when a limit may have grown, so the runner can start conversations for it.
+    ``choose`` picks the key among those with room (the engine's balancer), or None to wait
+    (a healthy endpoint is full and only resting ones have room); ``listeners`` are called when a
+    limit grew, so the runner can start conversations for it.
     """
 
     def __init__(
         self,
         limits: dict[Key, Limit],
-        choose: Callable[[Sequence[Key]], Key] | None = None,
+        choose: Callable[[Sequence[Key]], Key | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
@@ -68,8 +69,9 @@ class Gate(Generic[Key]):
         self.used = True
         if not self._waiting:
             open_keys = self._open()
-            if open_keys:
-                return self._take(self._choose(open_keys))
+            key = self._choose(open_keys) if open_keys else None
+            if key is not None:
+                return self._take(key)
         future: asyncio.Future[Key] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (rank, next(self._order), future))
         self._dispatch()
@@ -108,9 +110,9 @@ class Gate(Generic[Key]):
                 heapq.heappop(self._waiting)
                 continue
             open_keys = self._open()
-            if not open_keys:
+            key = self._choose(open_keys) if open_keys else None
+            if key is None:
                 break
-            key = self._choose(open_keys)
             self.in_flight[key] += 1
             heapq.heappop(self._waiting)[2].set_result(key)
         if self._waiting and self._timer is None:
