@@ -5,9 +5,9 @@ largest one, so an adaptive limit that grows always finds requests waiting for i
 priority queue (earliest conversation first) keeps the extra conversations from slowing the early
 ones. The runner wakes up when a limit grows, not only when a conversation ends.
 
-No idle tail: the runner keeps starting conversations while there is room, even when fewer are
-still needed than are running. These spares have the latest attempt numbers, so at the gate they
-only get capacity no earlier conversation wants. The first to finish are kept; at exactly N the
+No idle tail: when fewer conversations are still needed than the engines can serve at once (their
+largest current limit), the runner starts spare ones up to that limit. These spares have the
+latest attempt numbers, so at the gate they only get capacity no earlier conversation wants. The first to finish are kept; at exactly N the
 rest are cancelled (or, if finished in the same batch, discarded) and counted here as spare,
 with the LM calls and tokens they had used (counted where the conversation ran: with Ray, on the
 workers, so the driver reports the spare conversations but not their tokens).
@@ -73,6 +73,12 @@ class Pacer:
         """Conversations to keep in flight now."""
         limit = max((e.gate.limit for e in self.engines.values()), default=4)
         return CONVERSATIONS_PER_SLOT * limit
+
+    def in_flight_cap(self, remaining: int) -> int:
+        """Conversations that may be in flight while ``remaining`` are still needed: no more than
+        that, unless fewer remain than one engine can serve at once; then spares fill its limit."""
+        serving = max((e.gate.limit for e in self.engines.values()), default=1)
+        return max(remaining, serving)
 
     def nominal(self) -> int:
         """Conversations per Ray worker: from pinned limits, or ``RAY_AUTO_GUESS`` for auto ones."""

@@ -226,7 +226,8 @@ class Runner:
         try:
             while self.store.count < target:
                 # Beyond what N still needs, spare conversations use idle capacity (see pacing).
-                while len(pending) < self.executor.capacity:
+                cap = self.pacer.in_flight_cap(target - self.store.count)
+                while len(pending) < min(self.executor.capacity, cap):
                     if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue

@@ -27,7 +27,8 @@ average seen (window averages, not single requests, because LM latencies vary wi
 The estimated queue decides:
 
 - queue <= ``sqrt(limit)`` and the window used at least 90 % of the limit: grow; doubling (slow
-  start, as in TCP) until the first sign of queueing or loss, then ``+ sqrt(limit) / 2`` a window;
+  start, as in TCP) until the first sign of queueing (latency 10 % above no-load) or loss, then
+  ``+ sqrt(limit) / 2`` a window;
 - queue > ``sqrt(limit)``: ``limit = limit * gradient + sqrt(limit)`` (Gradient2's step, gradient
   clamped at 0.5 so one window at most halves the limit);
 - a 429/503, a timeout or a connection error: halve, at most once per window (requests sent
@@ -52,6 +53,9 @@ INITIAL_LIMIT = 4
 MIN_WINDOW = 8
 # A window must use this share of the limit to count as evidence that more would be served.
 BUSY_SHARE = 0.9
+# Slow start ends when a window's average latency is this much above the no-load one (TCP Vegas
+# leaves slow start at the first queueing, before the estimated queue reaches the headroom).
+SLOW_START_EXIT = 1.1
 # Windows between two baseline probes.
 PROBE_EVERY = 50
 # Limit changes kept for the run summary (older points are thinned, the first and the peak stay).
@@ -190,6 +194,8 @@ class AdaptiveLimit:
         gradient = max(0.5, self.baseline / average)
         queue = self._value * (1 - gradient)
         headroom = math.sqrt(self._value)
+        if average > self.baseline * SLOW_START_EXIT:
+            self.slow_start = False
         if queue > headroom:
             self.slow_start = False
             self._set(self._value * gradient + headroom)
