@@ -17,6 +17,7 @@ conversations started for the tail.
 
     python benchmarks/server_speed.py              # the four configurations of issue 12
     python benchmarks/server_speed.py --tail       # also N=100 at 64 slots without spares
+    python benchmarks/server_speed.py --pinned     # also N=1000 at 64 slots with --concurrency 64
     python benchmarks/server_speed.py --only 0     # one configuration, by index
 """
 
@@ -57,6 +58,7 @@ class Config:
     latency: float = 0.2
     overload: str = "queue"
     spares: bool = True
+    pinned: int | None = None  # --concurrency: the tuned command beside the README's
 
 
 CONFIGS = [
@@ -66,6 +68,7 @@ CONFIGS = [
     Config("8 slots, slows when overloaded", 100, 8, overload="slowdown"),
 ]
 TAIL = Config("64 slots, no spares (comparison)", 100, 64, spares=False)
+PINNED = Config("64 slots, --concurrency 64 (tuned)", 1000, 64, pinned=64)
 
 
 def run(config: Config) -> dict[str, object]:
@@ -81,6 +84,8 @@ def run(config: Config) -> dict[str, object]:
                 os.symlink(REPO / name, Path(tmp) / name)
             args = ["--task-paths", TASK, "--num-outputs-to-generate", str(config.n), "--restart",
                     "--engine", "openai", "--base-url", url + "/v1", "--model", MODEL]
+            if config.pinned is not None:
+                args += ["--concurrency", str(config.pinned)]
             head = [sys.executable, "-m", "fms_dgt.public"] if config.spares else [sys.executable, "-c", NO_SPARES]
             httpx.post(url + "/stats/reset")
             cpu0 = _children_cpu()
@@ -126,10 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="+", help="indexes of CONFIGS to run")
     parser.add_argument("--tail", action="store_true", help="also N=100 at 64 slots without spare conversations")
+    parser.add_argument("--pinned", action="store_true", help="also N=1000 at 64 slots with --concurrency 64")
     args = parser.parse_args()
     configs = [CONFIGS[i] for i in args.only] if args.only else list(CONFIGS)
     if args.tail:
         configs.append(TAIL)
+    if args.pinned:
+        configs.append(PINNED)
     print(f"# load before: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs", flush=True)
     for config in configs:
         print(json.dumps(run(config)), flush=True)
