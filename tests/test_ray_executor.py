@@ -110,7 +110,12 @@ def test_same_count_ids_and_schema_as_the_local_executor(
     assert summary["lm_calls"] > 0 and summary["per_stage"]["lm/assistant/naive"]["calls"] >= n
     endpoints = summary["engines"]["default"]["endpoints"]
     assert all(c["calls"] > 0 for c in endpoints.values())
-    assert sum(c["calls"] for c in endpoints.values()) == summary["per_engine"]["default"]["calls"]
+    # Endpoints count every finished attempt; per_engine only those of finished calls (a spare
+    # conversation's call cancelled at exactly N may have finished a failed attempt).
+    calls = summary["per_engine"]["default"]["calls"]
+    assert calls <= sum(c["calls"] for c in endpoints.values())
+    if no_spares:
+        assert sum(c["calls"] for c in endpoints.values()) == calls
     if not summary["dropped"] and no_spares:  # nothing cancelled: every request seen was counted
         assert summary["lm_calls"] == requests
     wait_for_free_cpus()
