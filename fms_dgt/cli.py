@@ -82,11 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("output"), help="root of the output folders")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (random if not given; recorded)")
-    parser.add_argument(
-        "--concurrency", type=_positive, default=None, metavar="K",
-        help="conversations in flight at once, per Ray worker with --executor ray"
-        " (default: twice the largest engine capacity, max_concurrency x endpoints)",
-    )
     executor = parser.add_argument_group("executor (where conversations run; the output is always written here)")
     executor.add_argument(
         "--executor", choices=["local", "ray"], default="local",
@@ -108,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", action="append", metavar="URL",
         help="server URL (ollama, openai); give it again for each further server of the same model:"
         " requests go to the least busy one, and a failing one is left out for a while",
+    )
+    engine.add_argument(
+        "--concurrency", type=_positive, default=None, metavar="K",
+        help="pin the requests in flight to each server at K (for the local engine: its llama.cpp"
+        " slots), instead of the task's max_concurrency; by default servers get `auto`, a limit"
+        " found by measuring latency that grows while the server keeps up and backs off when it"
+        " queues, slows down or answers 429. Conversations in flight follow the limits (twice"
+        " the largest); with --executor ray every worker has its own limits",
     )
     inspect = parser.add_argument_group("look before a run (nothing is written to the output folder)")
     inspect.add_argument(
@@ -193,6 +196,18 @@ def format_summary(result: RunResult) -> str:
             lines.append(f"  endpoints of {name}: " + ", ".join(
                 f"{url} {c['calls']} calls ({c['errors']} errors)" for url, c in info["endpoints"].items()
             ))
+    if s.get("time_to_first_kept_seconds") is not None:
+        spare = s["spare"]
+        tokens = f", {spare['tokens']} tokens" if spare.get("tokens") is not None else ""
+        lines.append(
+            f"  first kept after {s['time_to_first_kept_seconds']:.1f} s; spare conversations (started for"
+            f" the tail, not kept): {spare['conversations']}{tokens}"
+        )
+    for name, info in s["engines"].items():
+        if info.get("concurrency"):
+            lines.append(f"  concurrency limit of {name}: " + ", ".join(
+                f"{url} {c['final']} (peak {c['peak']}, {c['mode']})" for url, c in info["concurrency"].items()
+            ))
     executor = s.get("executor") or {}
     if executor.get("type") == "ray":
         lines.append(
@@ -223,7 +238,6 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
             output_dir=args.output_dir,
             restart=args.restart,
             seed=args.seed,
-            concurrency=args.concurrency,
             progress=not args.quiet,
             ray=ray,
             limits=limits,
@@ -316,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{flag} needs --executor ray")
     configure_logging(args.debug, args.quiet)
     base_urls = tuple(args.base_url) if args.base_url else None
-    override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
+    override = EngineOverride(
+        type=args.engine, model=args.model, base_url=base_urls, max_concurrency=args.concurrency
+    )
     try:
         paths = find_task_files(args.task_paths)
         if args.validate or args.preview:

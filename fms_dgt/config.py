@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -55,7 +55,14 @@ class EngineConfig(ConfigModel):
     retry_wait: float = Field(
         1.0, ge=0, description="Seconds before the first retry; doubles each time, with jitter."
     )
-    max_concurrency: int = Field(8, ge=1, description="Requests in flight to this engine at once.")
+    max_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Requests in flight to each server of this engine: a number pins it; auto finds"
+        " it by measuring (see engines/limiter.py).",
+    )
+    max_concurrency_limit: int = Field(
+        512, ge=1, description="With max_concurrency auto: the most requests in flight per server."
+    )
     structured_retries: int = Field(
         2, ge=0, description="Extra calls when a structured reply does not fit its JSON schema."
     )

@@ -97,19 +97,23 @@ class RunGuard:
         self.forecast.started(attempt)
         return True
 
-    async def wait(self, pending: set[asyncio.Task[Outcome]]) -> tuple[set[Any], set[Any]]:
+    async def wait(
+        self, pending: set[asyncio.Task[Outcome]], *wakers: asyncio.Future[Any]
+    ) -> tuple[set[Any], set[Any]]:
         """``asyncio.wait`` for the first finished conversation, cut short when the time budget
         runs out or an LM call spends a budget (``after_call``), so the conversations in flight
-        are cancelled then rather than at the next finished one."""
+        are cancelled then rather than at the next finished one, or when one of ``wakers``
+        resolves."""
         self._spent.clear()
-        waiter = asyncio.ensure_future(self._spent.wait())
+        extra = {asyncio.ensure_future(self._spent.wait()), *wakers}
         try:
             done, rest = await asyncio.wait(
-                pending | {waiter}, timeout=self.budget.seconds_left(), return_when=asyncio.FIRST_COMPLETED
+                pending | extra, timeout=self.budget.seconds_left(), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            waiter.cancel()
-        return done - {waiter}, rest - {waiter}
+            for future in extra:
+                future.cancel()
+        return done - extra, rest - extra
 
     def after_call(self) -> None:
         """Hooked to the LM client: wake the runner when a budget has just been spent."""

@@ -1,8 +1,9 @@
-"""The runner's view of the engines: a concurrency limit per engine and per-stage accounting."""
+"""The runner's view of the engines: per-stage accounting, and per conversation (budgets, spares).
+
+Concurrency is the engines' own: each attempt waits at its engine's gate (``engines.gate``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,13 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 class LMClient:
-    """Routes a stage's call to its named engine, bounded by that engine's capacity
-    (``max_concurrency`` per endpoint)."""
+    """Routes a stage's call to its named engine and counts what it cost."""
 
     def __init__(self, engines: dict[str, Engine], stats: RunStats) -> None:
         self.engines = engines
         self.stats = stats
-        self._limits = {name: asyncio.Semaphore(engine.capacity) for name, engine in engines.items()}
         # Called after every call is counted (the runner's budgets: stop as soon as one is spent).
         self.after_call: Callable[[], None] | None = None
 
@@ -37,23 +36,22 @@ class LMClient:
         **params: Any,
     ) -> ChatResult:
         target = self.engines[engine]
-        async with self._limits[engine]:
-            started = time.perf_counter()
-            try:
-                result = await target.chat(messages, schema=schema, **params)
-            except EngineError as exc:
-                usage = getattr(exc, "usage", None)
-                self._record(
-                    stage,
-                    engine,
-                    calls=getattr(exc, "calls", 1),
-                    prompt=usage.prompt_tokens if usage else 0,
-                    completion=usage.completion_tokens if usage else 0,
-                    cached=usage.cached_tokens if usage else 0,
-                    seconds=time.perf_counter() - started,
-                    failed=True,
-                )
-                raise
+        started = time.perf_counter()
+        try:
+            result = await target.chat(messages, schema=schema, **params)
+        except EngineError as exc:
+            usage = getattr(exc, "usage", None)
+            self._record(
+                stage,
+                engine,
+                calls=getattr(exc, "calls", 1),
+                prompt=usage.prompt_tokens if usage else 0,
+                completion=usage.completion_tokens if usage else 0,
+                cached=usage.cached_tokens if usage else 0,
+                seconds=time.perf_counter() - started,
+                failed=True,
+            )
+            raise
         logger.debug(
             "%s on %s: %.2f s, %d+%d tokens, %s",
             stage, engine, time.perf_counter() - started,

@@ -30,20 +30,26 @@ _DEFAULTS = {"DGT_DATA_DIR": "data"}
 
 @dataclass(frozen=True)
 class EngineOverride:
-    """``--engine``/``--model``/``--base-url``: applied to every engine of the task."""
+    """``--engine``/``--model``/``--base-url``/``--concurrency``: applied to every engine of the task."""
 
     type: str | None = None
     model: str | None = None
     # One URL, or several (``--base-url`` given more than once) to spread requests over.
     base_url: str | tuple[str, ...] | None = None
+    # ``--concurrency N``: pins requests in flight per server (llama.cpp slots for ``local``).
+    max_concurrency: int | None = None
 
     def apply(self, raw: dict[str, Any]) -> dict[str, Any]:
         raw = dict(raw)
         if self.type and self.type != raw.get("type"):
             # Options of the old type mean nothing to the new one; keep the shared ones only.
-            shared = set(EngineConfig.model_fields) - {"model", "base_url"}
+            # max_concurrency too is the old type's: the embedded engine's llama.cpp slots are
+            # not a server's capacity, so the new type's default (auto for servers) applies.
+            shared = set(EngineConfig.model_fields) - {"model", "base_url", "max_concurrency"}
             raw = {k: v for k, v in raw.items() if k in shared}
             raw["type"] = self.type
+        if self.max_concurrency is not None:
+            raw["max_concurrency"] = self.max_concurrency
         if self.model:
             raw["model"] = self.model
         if isinstance(self.base_url, str):

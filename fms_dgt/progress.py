@@ -33,9 +33,11 @@ class Progress:
         enabled: bool,
         stats: RunStats,
         describe: Callable[[], str] | None = None,
+        limits: Callable[[], str] | None = None,
         log_every: float = LOG_EVERY,
     ) -> None:
         self.stats = stats
+        self.limits = limits  # the engines' current concurrency limits, shown as limit=...
         self.started = time.perf_counter()
         self.total = total
         self.done = min(initial, total)
@@ -79,6 +81,8 @@ class Progress:
             f"drops={dropped} calls/s={self.stats.lm_calls / elapsed:.1f}"
             f" tok/s={self.stats.tokens / elapsed:.0f}"
         )
+        if self.limits is not None:
+            status += f" limit={self.limits()}"
         forecast = self.describe() if self.describe is not None else ""
         if forecast:
             status += f" {forecast}"
@@ -94,6 +98,8 @@ class Progress:
             f" {elapsed:.0f} s; drops: {drops}; calls/s={self.stats.lm_calls / elapsed:.1f}"
             f" tok/s={self.stats.tokens / elapsed:.0f}"
         )
+        if self.limits is not None:
+            text += f" limit={self.limits()}"
         forecast = self.describe() if self.describe is not None else ""
         return f"{text}; {forecast}" if forecast else text
 

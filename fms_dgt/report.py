@@ -294,8 +294,19 @@ def build_report(folder: Path) -> dict[str, Any]:
         },
         "diversity": {role: counter.result() for role, counter in texts.items()},
         "cost": summary.get("cost"),  # None unless an engine has a price
+        "pacing": _pacing(summary),
     }
     return report
+
+
+def _pacing(summary: dict[str, Any]) -> dict[str, Any]:
+    """From run_summary.json: each endpoint's concurrency limit over time, first kept, spares."""
+    return {
+        "time_to_first_kept_seconds": summary.get("time_to_first_kept_seconds"),
+        "spare": summary.get("spare"),
+        "limits": {name: info["concurrency"] for name, info in (summary.get("engines") or {}).items()
+                   if info.get("concurrency")},
+    }
 
 
 def _read_json(path: Path) -> Any:
@@ -387,6 +398,15 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"Total {cost['total']:.6g}" + (f", {per_kept:.6g} per kept conversation." if per_kept is not None else "."),
                 "", _table([[f"engine {k}", f"{v:.6g}"] for k, v in cost["per_engine"].items()]
                            + [[f"stage {k}", f"{v:.6g}"] for k, v in cost["per_stage"].items()], ["by", "cost"]), ""]
+    pacing = report.get("pacing") or {}
+    if pacing.get("limits"):
+        out += ["## Concurrency (last run)", "",
+                f"First conversation kept after {pacing['time_to_first_kept_seconds']} s; spare conversations"
+                f" (started for the tail, not kept): {(pacing.get('spare') or {}).get('conversations')}.", "",
+                _table([[engine, url, c["mode"], c["final"], c["peak"],
+                         " → ".join(f"{t:g} s: {n}" for t, n in c.get("series", [])[-12:])]
+                        for engine, endpoints in pacing["limits"].items() for url, c in endpoints.items()],
+                       ["engine", "endpoint", "limit", "final", "peak", "limit over time (latest changes)"]), ""]
     out += ["## Lexical diversity", "", _table(
         [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
          for role, d in report["diversity"].items()],

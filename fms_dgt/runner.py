@@ -30,6 +30,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.lm_client import LMClient
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
+from fms_dgt.pacing import Pacer
 from fms_dgt.progress import Progress
 from fms_dgt.report import write_report
 from fms_dgt.spend import Spend, track
@@ -50,7 +51,8 @@ class RunOptions:
     output_dir: Path = Path("output")
     restart: bool = False
     seed: int | None = None
-    concurrency: int | None = None  # per process: with Ray, per worker
+    # Conversations in flight per process (with Ray, per worker); None: follow the engines' limits.
+    concurrency: int | None = None
     progress: bool = True
     ray: RayOptions | None = None  # run the conversations on a Ray cluster
     limits: LimitOverrides = field(default_factory=LimitOverrides)  # flags over the task's limits:
@@ -99,8 +101,10 @@ class Runner:
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
-        default_concurrency = 2 * max((e.capacity for e in engines.values()), default=4)
-        self.concurrency = options.concurrency or default_concurrency
+        self.pacer = Pacer(engines)
+        # A fixed number of conversations in flight, or None to follow the engines' current limits
+        # (the Ray driver cannot see its workers' limits: it sends each a fixed number).
+        self.concurrency = options.concurrency or (self.pacer.nominal() if options.ray else None)
         self.executor = make_executor(self, options.ray)
 
     def _build(self, specs: list[StageOptions]) -> list[Stage]:
@@ -119,7 +123,8 @@ class Runner:
         return rng, str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
     async def run_conversation(self, attempt: int) -> Outcome:
-        spend = track()  # this conversation's LM calls, for budgets and the forecast
+        spend = track()  # this conversation's LM calls, for budgets, the forecast and spares
+        self.pacer.enter(attempt, spend)
         outcome = await self._conversation(attempt)
         outcome.attempt, outcome.spend = attempt, spend.finish()
         return outcome
@@ -204,7 +209,7 @@ class Runner:
         target = self.options.num_outputs
         status, error = "completed", None
         progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats,
-                            describe=self.guard.status)
+                            describe=self.guard.status, limits=self.pacer.limits)
         progress.start()
         if self.lm is not None:
             self.lm.after_call = self.guard.after_call
@@ -242,19 +247,28 @@ class Runner:
         consecutive_failures = 0
         try:
             while self.store.count < target:
-                while len(pending) < self.executor.capacity and self.store.count + len(pending) < target:
+                # Beyond what N still needs, spare conversations use idle capacity (see pacing).
+                cap = self.pacer.in_flight_cap(target - self.store.count)
+                while len(pending) < min(self.executor.capacity, cap):
                     if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue
                     if not self.guard.may_start(attempt, len(pending)):  # budgets, --estimate
                         break
-                    pending.add(self.executor.submit(attempt))
+                    task = self.executor.submit(attempt)
+                    pending.add(task)
+                    self.pacer.track(task, attempt, len(pending))
                     attempt += 1
                     self.stats.attempts += 1
                 if not pending:  # the guard started nothing more
                     break
-                done, pending = await self.guard.wait(pending)  # also woken when a budget is spent
-                for finished in done:
+                # Woken too when a budget is spent, or when an engine's limit grows.
+                done, pending = await self.guard.wait(pending, self.pacer.waker())
+                for finished in sorted(done, key=self.pacer.attempt):
+                    if self.store.count >= target:  # N reached earlier in this batch
+                        self.pacer.spare([finished])
+                        continue
+                    self.pacer.finished(finished)
                     outcome = finished.result()
                     if outcome.conv is None:
                         assert outcome.drop_reason is not None
@@ -274,6 +288,7 @@ class Runner:
                     consecutive_failures = 0
                     conv = outcome.conv
                     self.store.append(conv)
+                    self.pacer.kept()
                     self.stats.accepted += 1
                     self.stats.stop_reasons[conv.stop_reason or "unknown"] += 1
                     self.stats.turns[conv.num_turns] += 1
@@ -285,6 +300,8 @@ class Runner:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+                if self.store.count >= target:
+                    self.pacer.spare(pending)
 
     def _write_report(self) -> None:
         """The analysis report and the viewer; a failure here is logged, never fatal: the data is on disk."""
@@ -322,6 +339,7 @@ class Runner:
             "already_done": before,
             "total": self.store.count,
             "concurrency": self.concurrency,
+            **self.pacer.report(remote=self.options.ray is not None),
             "executor": self.executor.describe(),
             "engines": engines,
             **self.stats.as_dict(),

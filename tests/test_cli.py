@@ -141,7 +141,10 @@ def test_chit_chat_end_to_end_over_http(tmp_path: Path, engine: str) -> None:
         assert all(b["options"]["num_predict"] >= 1 for b in bodies)
         assert any(isinstance(b.get("format"), dict) for b in bodies)
     assert all(b["model"] == model for b in bodies)
-    assert summary["engines"]["default"]["type"] == engine and summary["lm_calls"] == len(bodies)
+    # Requests of spare conversations cancelled at exactly N may have reached the server (or not yet).
+    cancelled = summary["engines"]["default"]["requests_cancelled"]
+    assert summary["engines"]["default"]["type"] == engine
+    assert summary["lm_calls"] <= len(bodies) <= summary["lm_calls"] + cancelled
 
 
 def test_module_entry_points_run() -> None:

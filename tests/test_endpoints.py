@@ -273,7 +273,10 @@ def test_cli_with_two_endpoints_one_stopped_mid_run(tmp_path: Path, capsys: pyte
     endpoints = summary["engines"]["default"]["endpoints"]
     assert endpoints[stopped_url]["calls"] > 0 and endpoints[stopped_url]["errors"] >= 1
     assert endpoints[keep.url + "/v1"]["errors"] == 0
-    assert sum(c["calls"] for c in endpoints.values()) == summary["per_engine"]["default"]["calls"]
+    # Endpoints count every finished attempt; per_engine counts the attempts of finished calls, so
+    # a failed attempt of a spare conversation's call cancelled at exactly N is only in the former.
+    calls = summary["per_engine"]["default"]["calls"]
+    assert calls <= sum(c["calls"] for c in endpoints.values()) <= calls + endpoints[stopped_url]["errors"]
     assert f"endpoints of default: {keep.url}/v1" in capsys.readouterr().err
 
 

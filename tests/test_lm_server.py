@@ -203,7 +203,7 @@ async def test_slots_queue_requests():
         assert stats["peak_active"] == 2 and stats["peak_concurrency"] == 6
         server.reset_stats()
         assert server.stats == {"requests": 0, "chat_requests": 0, "peak_concurrency": 0,
-                                "peak_active": 0, "errors_injected": 0}
+                                "peak_active": 0, "errors_injected": 0, "rate_limited": 0}
 
 
 def test_subprocess_mode():

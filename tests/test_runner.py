@@ -100,7 +100,9 @@ class FailingAssistant:
 
 
 async def test_drop_after_min_turns_is_rescued(tmp_path: Path) -> None:
-    result = await make_runner(tmp_path, ScriptedEngine(responder=FailingAssistant(fail_on=3)), 2).run()
+    runner = make_runner(tmp_path, ScriptedEngine(responder=FailingAssistant(fail_on=3)), 2)
+    runner.concurrency = 2  # no spare conversations: every rescue counted is a kept one
+    result = await runner.run()
     records = read_jsonl(result.output_dir / "final_data.jsonl")
     assert len(records) == 2
     for record in records:

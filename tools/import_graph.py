@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
     ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",
-             "fms_dgt.forecast", "fms_dgt.breaker", "fms_dgt.budget", "fms_dgt.guard", "fms_dgt.executors",
+             "fms_dgt.forecast", "fms_dgt.breaker", "fms_dgt.budget", "fms_dgt.guard", "fms_dgt.pacing", "fms_dgt.executors",
              "fms_dgt.runner"]),
     ("interfaces", ["fms_dgt.api", "fms_dgt.validate", "fms_dgt.preview", "fms_dgt.export", "fms_dgt.cli",
                     "fms_dgt.public", "fms_dgt.__main__", "fms_dgt.testing"]),

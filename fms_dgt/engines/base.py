@@ -1,8 +1,10 @@
 """The engine contract: one async ``chat`` call, with retries, timeouts and structured output here.
 
 Engines only translate a request into their server's API (``_send``) and say whether the server is
-up (``check``). Concurrency limits belong to the runner, not to engines. Engines that talk to
-servers set ``endpoints``; the retry loop here picks one per attempt (see ``endpoints``).
+up (``check``). Engines that talk to servers set ``endpoints``. Every attempt waits at the engine's
+``gate`` (``engines.gate``) for room under an endpoint's limit (``engines.limiter``: pinned, or
+adaptive with ``max_concurrency: auto``), which also picks the endpoint; its outcome and latency
+go back to that limit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from pydantic import BaseModel, ValidationError
 
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.endpoints import Endpoint, EndpointCounts, Endpoints
+from fms_dgt.engines.gate import Gate
+from fms_dgt.engines.limiter import AdaptiveLimit, FixedLimit, Limit
 from fms_dgt.engines.retry import retrying
 from fms_dgt.errors import EngineError, StructuredOutputError
 from fms_dgt.registry import Registry
@@ -33,6 +38,8 @@ Message = dict[str, str]
 ERROR_WINDOW = 40
 MAX_ERROR_RATE = 0.5
 Schema = type[BaseModel] | dict[str, Any]
+# The gate's key for the one limit of an engine without servers (the embedded one).
+IN_PROCESS = "local"
 
 
 @dataclass(slots=True)
@@ -93,6 +100,9 @@ class Engine(ABC):
         self._recent: deque[bool] = deque(maxlen=ERROR_WINDOW)  # True = the request failed
         # The servers requests go to; None for engines that run in this process.
         self.endpoints: Endpoints | None = None
+        self._gate: Gate[Endpoint | str] | None = None
+        # Requests abandoned while the server worked on them (spare conversations cancelled at N).
+        self.requests_cancelled = 0
 
     @property
     def url(self) -> str | None:
@@ -103,8 +113,37 @@ class Engine(ABC):
 
     @property
     def capacity(self) -> int:
-        """Requests this engine may have in flight: ``max_concurrency`` for each endpoint."""
-        return self.config.max_concurrency * (len(self.endpoints) if self.endpoints is not None else 1)
+        """The most requests this engine may ever have in flight: ``max_concurrency`` (with
+        ``auto``, its ceiling ``max_concurrency_limit``) for each endpoint. The current limit is
+        ``gate.limit``."""
+        per_endpoint = self.config.max_concurrency
+        if per_endpoint == "auto":
+            per_endpoint = self.config.max_concurrency_limit
+        return per_endpoint * (len(self.endpoints) if self.endpoints is not None else 1)
+
+    @property
+    def gate(self) -> Gate[Endpoint | str]:
+        """The priority queue in front of the endpoints' limits (made at first use, once
+        ``endpoints`` is set)."""
+        if self._gate is None:
+            if self.endpoints is None:
+                self._gate = Gate({IN_PROCESS: self._new_limit()})
+            else:
+                endpoints = self.endpoints
+                self._gate = Gate({e: self._new_limit() for e in endpoints.all}, choose=endpoints.pick)
+        return self._gate
+
+    def _new_limit(self) -> Limit:
+        if self.config.max_concurrency == "auto":
+            return AdaptiveLimit(self.config.max_concurrency_limit)
+        return FixedLimit(self.config.max_concurrency)
+
+    def concurrency_report(self) -> dict[str, dict[str, object]]:
+        """Each endpoint's limit (final, peak, and for ``auto`` a short series) for the summary;
+        empty when this engine sent nothing from this process (the Ray driver's)."""
+        if self._gate is None or not self._gate.used:
+            return {}
+        return {key.name if isinstance(key, Endpoint) else key: r for key, r in self._gate.report().items()}
 
     def environment_variables(self) -> list[str]:
         """Names of the environment variables this engine reads (the Ray executor copies them to
@@ -122,6 +161,10 @@ class Engine(ABC):
         report = {**self.describe(), "retries": dict(self.retry_reasons)}
         if self.endpoints is not None:
             report["endpoints"] = {name: c.as_dict() for name, c in self.endpoints.counts().items()}
+        concurrency = self.concurrency_report()
+        if concurrency:
+            report["concurrency"] = concurrency
+            report["requests_cancelled"] = self.requests_cancelled
         return report
 
     def take_counts(self) -> EngineCounts:
@@ -189,9 +232,7 @@ class Engine(ABC):
             async for attempt in retrying(self):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
-                    # Each attempt picks its endpoint: a retry goes where the last one did not fail.
-                    endpoint = self.endpoints.pick() if self.endpoints is not None else None
-                    result = await self._attempt(endpoint, messages, json_schema, params)
+                    result = await self._gated_attempt(messages, json_schema, params)
                     result.calls = attempt_number
                     return result
         except EngineError as exc:
@@ -204,6 +245,28 @@ class Engine(ABC):
                 ) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _gated_attempt(
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+    ) -> ChatResult:
+        """One attempt once the gate grants a slot. The gate picks the endpoint, so a retry goes
+        where the last attempt did not fail; the outcome goes back to that endpoint's limit."""
+        key, started = await self.gate.acquire()
+        endpoint = key if isinstance(key, Endpoint) else None
+        latency, dropped, retry_after = None, False, None
+        try:
+            result = await self._attempt(endpoint, messages, json_schema, params)
+            latency = time.monotonic() - started
+            return result
+        except EngineError as exc:
+            # Overload signs (429, 5xx, timeouts, refused connections) cut the limit; a 400 does not.
+            dropped, retry_after = exc.retryable, exc.retry_after
+            raise
+        except asyncio.CancelledError:
+            self.requests_cancelled += 1
+            raise
+        finally:
+            self.gate.release(key, started, latency=latency, dropped=dropped, retry_after=retry_after)
 
     async def _attempt(
         self,

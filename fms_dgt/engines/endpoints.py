@@ -88,15 +88,25 @@ class Endpoints:
     def __len__(self) -> int:
         return len(self.all)
 
-    def pick(self) -> Endpoint:
+    def pick(self, among: Sequence[Endpoint] | None = None) -> Endpoint | None:
         """The endpoint for the next attempt: the least busy available one (ties in turn); if every
-        endpoint is resting, the least busy of all, so a lone endpoint is always used."""
+        endpoint is resting, the least busy of all, so a lone endpoint is always used.
+
+        ``among``: only these (the ones whose concurrency limit has room). None when none of them
+        is available but another endpoint is: the request waits for room there rather than going
+        to a resting one."""
         now = self._clock()
         count = len(self.all)
         start = self._turn
         self._turn = (start + 1) % count
         ordered = [self.all[(start + i) % count] for i in range(count)]
-        candidates = [e for e in ordered if e.available(now)] or ordered
+        candidates = [e for e in ordered if e.available(now)]
+        if among is not None:
+            allowed = [e for e in candidates if e in among]
+            if not allowed and candidates:
+                return None
+            candidates = allowed or [e for e in ordered if e in among]
+        candidates = candidates or ordered
         return min(candidates, key=lambda e: e.outstanding)
 
     def succeeded(self, endpoint: Endpoint) -> None:

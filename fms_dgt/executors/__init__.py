@@ -55,7 +55,8 @@ class LocalExecutor(Executor):
 
     @property
     def capacity(self) -> int:
-        return self.runner.concurrency
+        """A fixed number, or twice the engines' current limits (see ``pacing``)."""
+        return self.runner.concurrency or self.runner.pacer.wanted()
 
     async def start(self) -> None:
         for engine in self.runner.engines.values():

@@ -1,8 +1,17 @@
 """A simulated LM server (OpenAI + Ollama chat APIs) for tests and benchmarks.
 
 It speaks just enough HTTP/1.1 over ``asyncio.start_server`` to serve the official clients on a real
-socket, with a bounded number of "GPU slots", scripted replies and scripted faults, so client code
-(retries, timeouts, concurrency limits) is exercised the way a real server would exercise it.
+socket, with scripted replies and scripted faults, so client code (retries, timeouts, concurrency
+limits) is exercised the way a real server would exercise it. Three ways to be overloaded:
+
+- ``overload="queue"`` (default): ``slots`` requests are served at once, the rest wait in a queue
+  (a server with a fixed batch, e.g. llama.cpp's slots);
+- ``overload="slowdown"``: every request is served at once, but past ``slots`` requests the server
+  shares its speed among them, so each one slows down (continuous batching past its knee, as vLLM
+  or TGI behave): with n > slots requests running, each advances at slots/n of full speed;
+- ``rate_limit=R``: past R chat requests per second (a bucket of R), answer 429 with a
+  ``Retry-After`` saying when the next one would be accepted (a hosted API's rate limit).
+
 Standard library only; one coroutine per connection, no per-request thread or logging.
 """
 
@@ -222,8 +231,15 @@ class LMServer:
         port: int = 0,
         models: Sequence[str] | None = None,
         record_requests: bool = True,
+        overload: str = "queue",
+        rate_limit: float | None = None,
     ) -> None:
+        if overload not in ("queue", "slowdown"):
+            raise ValueError(f"overload must be 'queue' or 'slowdown', not {overload!r}")
         self.latency, self.latency_per_token, self.slots = latency, latency_per_token, slots
+        self.overload, self.rate_limit = overload, rate_limit
+        self._bucket = rate_limit or 0.0  # tokens of the rate limit's bucket
+        self._bucket_at = time.monotonic()
         self.reply, self.completion_tokens = reply, completion_tokens
         self.host, self.port, self.url = host, port, ""
         self.models = list(models) if models else None
@@ -248,7 +264,7 @@ class LMServer:
     def reset_stats(self) -> None:
         """Zero the counters in place (in-flight requests hold the dict); peaks restart from now."""
         self._stats.update({"requests": 0, "chat_requests": 0, "peak_concurrency": self._in_flight,
-                       "peak_active": self._active, "errors_injected": 0})
+                       "peak_active": self._active, "errors_injected": 0, "rate_limited": 0})
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -407,6 +423,13 @@ class LMServer:
         try:
             if self.faults:
                 return await self._fault(writer, path, self.faults.popleft(), keep)
+            wait = self._over_rate()
+            if wait is not None:
+                stats["rate_limited"] += 1
+                error = self._error(path, 429, "rate limit exceeded")
+                return await self._send(writer, 429, error, keep, retry_after=wait)
+            if self.overload == "slowdown":
+                return await self._slowed(writer, path, body, number, keep)
             async with self._slots:
                 self._active += 1
                 stats["peak_active"] = max(stats["peak_active"], self._active)
@@ -422,6 +445,40 @@ class LMServer:
             return await self._send(writer, 200, payload, keep)
         finally:
             self._in_flight -= 1
+
+    def _over_rate(self) -> float | None:
+        """None if a request may go now (taking a token), else seconds until the next token."""
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        self._bucket = min(self.rate_limit, self._bucket + (now - self._bucket_at) * self.rate_limit)
+        self._bucket_at = now
+        if self._bucket >= 1:
+            self._bucket -= 1
+            return None
+        return round((1 - self._bucket) / self.rate_limit, 3)
+
+    async def _slowed(self, writer: asyncio.StreamWriter, path: str, body: dict[str, Any], number: int,
+                      keep: bool) -> bool:
+        """Continuous batching: start at once; advance at min(1, slots / running) of full speed."""
+        stats = self._stats
+        self._active += 1
+        stats["peak_active"] = max(stats["peak_active"], self._active)
+        try:
+            payload = self._answer(path, body, number)
+            work = self.latency + self.latency_per_token * payload.pop("_tokens")
+            # Re-read the load every step of a tenth of the full-speed latency (at least 5 ms).
+            step = max(work / 10, 0.005)
+            while work > 1e-9:
+                speed = min(1.0, self.slots / self._active)
+                seconds = min(work / speed, step)
+                await asyncio.sleep(seconds)
+                work -= seconds * speed
+        except Exception as exc:  # a broken `reply` callable: tell the client, keep serving
+            return await self._send(writer, 500, self._error(path, 500, repr(exc)), keep)
+        finally:
+            self._active -= 1
+        return await self._send(writer, 200, payload, keep)
 
     async def _fault(self, writer: asyncio.StreamWriter, path: str, fault: Fault, keep: bool) -> bool:
         self._stats["errors_injected"] += 1
@@ -479,7 +536,13 @@ async def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--latency-per-token", type=float, default=0.0)
-    parser.add_argument("--slots", type=int, default=64)
+    parser.add_argument("--slots", type=int, default=64, help="requests served at full speed at once")
+    parser.add_argument(
+        "--overload", choices=["queue", "slowdown"], default="queue",
+        help="past --slots: queue: the rest wait; slowdown: all run, each slowed by slots/running",
+    )
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="R",
+                        help="answer 429 with Retry-After past R chat requests per second")
     parser.add_argument("--completion-tokens", type=int, default=20)
     parser.add_argument(
         "--plausible", action="store_true",
@@ -489,6 +552,7 @@ async def _main(argv: list[str] | None = None) -> None:
     server = LMServer(latency=args.latency, latency_per_token=args.latency_per_token, slots=args.slots,
                       completion_tokens=args.completion_tokens, host=args.host, port=args.port,
                       reply=PlausibleReplies() if args.plausible else None,
+                      overload=args.overload, rate_limit=args.rate_limit,
                       record_requests=False)  # nobody can read them from another process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
