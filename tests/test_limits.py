@@ -78,7 +78,7 @@ async def test_a_stage_that_always_drops_stops_the_run_with_the_message(tmp_path
     tried = summary["dropped"]["scenario_empty"]
     # bounded: the Wilson bound trips at 127 finished attempts with nothing kept (a few more may
     # finish in the same batch); the conversations in flight then are cancelled
-    concurrency = summary["concurrency"]
+    concurrency = summary["concurrency"] or summary["conversations_in_flight_peak"]
     assert 127 <= tried < 127 + concurrency
     assert summary["attempts"] <= tried + concurrency
     message = str(result.error)
@@ -192,7 +192,7 @@ def test_each_budget_stops_cleanly_and_resume_continues(
         limit = float(value)
         # overspent at most by the calls in flight when the budget ran out (one per conversation)
         per_call = {"calls": 1, "tokens": 1500, "cost": 0.005, "seconds": 0.5}[kind]
-        assert spent <= limit + summary["concurrency"] * per_call
+        assert spent <= limit + (summary["concurrency"] or summary["conversations_in_flight_peak"]) * per_call
         code = main([*args])  # resume, with no budget
         assert code == 0
     after = lines(folder / "final_data.jsonl")

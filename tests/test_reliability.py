@@ -34,7 +34,9 @@ def chit_chat_on(tmp_path: Path, url: str, **engine: object) -> Path:
 def test_flaky_server_run_completes_and_counts_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # ${DGT_DATA_DIR} is relative to the working directory
     empty = json.dumps({"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]})
-    with LMServer(reply=PlausibleReplies()) as server:
+    # Some latency, so that the conversation hit by the slow reply is still needed when its
+    # request times out (a faster run reaches N first and cancels it as a spare).
+    with LMServer(reply=PlausibleReplies(), latency=0.05) as server:
         # One of each (more at once would rightly trip the circuit breaker tested below).
         server.faults.extend([
             Fault(status=500), Fault(status=429, retry_after=0.05), Fault(status=0),
