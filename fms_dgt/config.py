@@ -151,6 +151,18 @@ class TargetTurns(ConfigModel):
         return count
 
 
+class QualityConfig(ConfigModel):
+    """The conversation-level gate applied before a conversation is kept (see fms_dgt/quality.py)."""
+
+    near_duplicate_threshold: float | None = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Reject a conversation whose estimated Jaccard similarity (word 3-grams of the"
+        " chat, MinHash) to one already kept is at least this; null turns the check off.",
+    )
+
+
 class TaskConfig(ConfigModel):
     """A whole task file."""
 
@@ -169,6 +181,7 @@ class TaskConfig(ConfigModel):
     termination_stages: list[StageOptions] = Field(default_factory=list)
     formatter: FormatterConfig = Field(default_factory=FormatterConfig)
     seed_datastore: DatastoreConfig | None = None
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @field_validator("task_name")
     @classmethod

@@ -30,6 +30,7 @@ from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.progress import Progress
+from fms_dgt.quality import ConversationGate
 from fms_dgt.report import write_report
 from fms_dgt.stages import STAGES, DropConversation, Stage
 from fms_dgt.stages.base import ConversationContext, Resources
@@ -114,7 +115,7 @@ class Runner:
     async def run_conversation(self, attempt: int) -> Outcome:
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns)
+        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns, attempt=attempt, seed=self.seed)
         min_turns = self.config.min_turns
         target = self.config.target_turns
         try:
@@ -182,6 +183,8 @@ class Runner:
         t0 = time.perf_counter()
         self.store.open(restart=self.options.restart)
         self.store.write_task(self.config.model_dump(mode="json", serialize_as_any=True))
+        self.gate = ConversationGate(self.config.quality, self.stats)  # in the driver only
+        self.gate.index_existing(self.store.final_path)
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None
@@ -245,6 +248,8 @@ class Runner:
                         continue
                     consecutive_failures = 0
                     conv = outcome.conv
+                    if self.gate.rejects(conv):  # conversation-level checks, near-duplicates
+                        continue
                     self.store.append(conv)
                     self.stats.accepted += 1
                     self.stats.stop_reasons[conv.stop_reason or "unknown"] += 1
