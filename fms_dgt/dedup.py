@@ -12,6 +12,7 @@ one signature of ``NUM_PERM`` hash values plus its LSH bands in memory (about 1-
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any
 
 from fms_dgt.conversation import Conversation
@@ -46,7 +47,10 @@ class NearDuplicateIndex:
 
         self.threshold = threshold
         self._lean, self._minhash = LeanMinHash, MinHash
-        template = MinHash(num_perm=NUM_PERM)
+        # crc32: a C function, 4x cheaper per shingle than the default sha1 and as good here (the
+        # signatures never leave the process; the permutations do the mixing).
+        self._hash = zlib.crc32
+        template = MinHash(num_perm=NUM_PERM, hashfunc=self._hash)
         # Building the permutations is most of a MinHash's cost: make them once and share them.
         self._permutations, self._scheme = template.permutations, template.scheme
         self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
@@ -56,7 +60,9 @@ class NearDuplicateIndex:
         return len(self._signatures)
 
     def signature(self, conv: Conversation) -> Any:
-        minhash = self._minhash(num_perm=NUM_PERM, permutations=self._permutations, scheme=self._scheme)
+        minhash = self._minhash(
+            num_perm=NUM_PERM, hashfunc=self._hash, permutations=self._permutations, scheme=self._scheme
+        )
         minhash.update_batch(list(shingles(conv)))
         return self._lean(minhash)
 

@@ -50,18 +50,33 @@ def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def copies(text: list[str], source: list[str], run: int) -> bool:
+class _Words:
+    """A message's words, with its word set and n-gram sets built once (checks compare every pair)."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokens(text)
+        self.set = set(self.tokens)
+        self._grams: dict[int, set[tuple[str, ...]]] = {}
+
+    def grams(self, n: int) -> set[tuple[str, ...]]:
+        found = self._grams.get(n)
+        if found is None:
+            t = self.tokens
+            found = self._grams[n] = {tuple(t[i : i + n]) for i in range(len(t) - n + 1)}
+        return found
+
+
+def copies(text: _Words, source: _Words, run: int) -> bool:
     """True if ``text`` reproduces ``source``: a run of ``run`` consecutive words of it (all of
     it when shorter, if it has at least MIN_COPY_WORDS), or nearly the same set of words."""
-    n = min(run, len(source))
-    if n >= MIN_COPY_WORDS:
-        grams = {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}
-        if any(tuple(text[i : i + n]) in grams for i in range(len(text) - n + 1)):
-            return True
-    a, b = set(text), set(source)
-    if len(a) >= MIN_JACCARD_WORDS and len(b) >= MIN_JACCARD_WORDS:
-        return len(a & b) / len(a | b) >= COPY_JACCARD
-    return False
+    n = min(run, len(source.tokens))
+    if n >= MIN_COPY_WORDS and not text.grams(n).isdisjoint(source.grams(n)):
+        return True
+    a, b = text.set, source.set
+    if len(a) < MIN_JACCARD_WORDS or len(b) < MIN_JACCARD_WORDS:
+        return False
+    common = len(a & b)
+    return common / (len(a) + len(b) - common) >= COPY_JACCARD
 
 
 def content_words(text: str) -> list[str]:
@@ -79,8 +94,8 @@ def problem(conv: Conversation) -> str | None:
         if step.role == "assistant" and step.metadata.get("finish_reason") == "length":
             if not _SENTENCE_END.search(step.content):
                 return "reply_cut_off"  # max_tokens cut it and no whole sentence could be kept
-    users = [_tokens(s.content) for s in chat[0::2]]
-    replies = [_tokens(s.content) for s in chat[1::2]]
+    users = [_Words(s.content) for s in chat[0::2]]
+    replies = [_Words(s.content) for s in chat[1::2]]
     for i, step in enumerate(chat[0::2]):
         if _ASSISTANT_VOICE.search(step.content) or _ASSISTANT_OPENER.match(step.content):
             return "user_as_assistant"
@@ -93,13 +108,14 @@ def problem(conv: Conversation) -> str | None:
             return "assistant_repeats_user"
         if any(copies(reply, earlier, ASSISTANT_RUN) for earlier in replies[:i]):
             return "assistant_repeats_itself"
-    controller = [s for s in conv.steps if isinstance(s, FlowControllerStep)]
+    where = [i for i, s in enumerate(conv.steps) if isinstance(s, FlowControllerStep)]
+    last = conv.steps[where[-1]] if where else None
+    closing = isinstance(last, FlowControllerStep) and last.terminate
     if conv.stop_reason == "flow_controller":
-        last = controller[-1] if controller else None
-        after = [s.role for s in conv.steps[conv.steps.index(last) + 1 :]] if last else []
-        if last is None or not last.terminate or after[-2:] != ["user", "assistant"]:
+        after = [s.role for s in conv.steps[where[-1] + 1 :] if s.role in ("user", "assistant")] if where else []
+        if not closing or after != ["user", "assistant"]:
             return "closing_not_terminated"
-    if controller and controller[-1].terminate and len(content_words(chat[-2].content)) < MIN_CLOSING_WORDS:
+    if closing and len(content_words(chat[-2].content)) < MIN_CLOSING_WORDS:
         return "empty_closing"
     return None
 
