@@ -365,8 +365,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     patterns = report["patterns"]
     if patterns["counts"]:
         out += ["## Flow-controller patterns", "",
-                "*Drawn* counts exclude moves fixed as the opening or the closing one; they are drawn by weight"
-                " among the patterns the LM judged to fit, so their shares may differ from the weights.", ""]
+                "*Drawn* counts exclude moves fixed as the opening or the closing one; they are drawn among the"
+                " patterns the LM judged to fit, by weight corrected for each pattern's deficit so far.", ""]
         keys = list(dict.fromkeys([*patterns["weight_share"], *patterns["counts"]]))
         offered, rate = patterns.get("offered", {}), patterns.get("allowed_rate", {})
         out += [_table(
