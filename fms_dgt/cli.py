@@ -12,16 +12,20 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fms_dgt import __version__
+from fms_dgt.engines import ENGINES
 from fms_dgt.errors import ConfigError, DgtError, Problem
 from fms_dgt.executors import RayOptions
+from fms_dgt.forecast import MIN_KEPT, describe
+from fms_dgt.guard import LimitOverrides
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
+from fms_dgt.preview import preview_tasks
 from fms_dgt.runner import RunOptions, RunResult, Runner
-
-logger = logging.getLogger("fms_dgt")
+from fms_dgt.validate import validate_tasks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +42,24 @@ def _positive(value: str) -> int:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _number(kind: type, low: float, *, strict: bool = False, high: float | None = None) -> Any:
+    """An argparse type: a number of ``kind`` at least ``low`` (above it with ``strict``)."""
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if number < low or (strict and number == low) or (high is not None and number >= high):
+            bound = f"more than {low:g}" if strict else f"at least {low:g}"
+            if high is not None:
+                bound += f" and less than {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return number
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,12 +102,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
     )
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
-    engine.add_argument("--engine", choices=["local", "ollama", "openai"], help="engine type")
+    engine.add_argument("--engine", choices=ENGINES.names(), help="engine type")
     engine.add_argument("--model", help="model name, catalogue name or GGUF path")
     engine.add_argument(
         "--base-url", action="append", metavar="URL",
         help="server URL (ollama, openai); give it again for each further server of the same model:"
         " requests go to the least busy one, and a failing one is left out for a while",
+    )
+    inspect = parser.add_argument_group("look before a run (nothing is written to the output folder)")
+    inspect.add_argument(
+        "--validate", action="store_true",
+        help="check the task, its data files and engines, print what a run would do; no generation call",
+    )
+    inspect.add_argument(
+        "--preview", type=_positive, nargs="?", const=1, default=None, metavar="K",
+        help="run K conversations (default 1) one by one and print every step live on stdout",
+    )
+    limits = parser.add_argument_group(
+        "limits (when a run stops by itself; each flag wins over the task's limits: section)"
+    )
+    limits.add_argument(
+        "--min-keep-rate", type=_number(float, 0, high=1), metavar="RATE",
+        help="stop (exit 1) once the share of conversations kept is, with 99%% confidence, below RATE;"
+        " 0 turns the breaker off (default 0.05)",
+    )
+    limits.add_argument(
+        "--keep-rate-min-attempts", type=_positive, metavar="K",
+        help="finished conversations the keep-rate breaker needs before it may stop a run (default 20)",
+    )
+    limits.add_argument("--max-tokens", type=_positive, metavar="N", help="prompt + completion tokens this run may spend")
+    limits.add_argument("--max-calls", type=_positive, metavar="N", help="LM calls this run may make")
+    limits.add_argument(
+        "--max-cost", type=_number(float, 0, strict=True), metavar="X",
+        help="cost this run may spend, in the unit of the engines' price: entries",
+    )
+    limits.add_argument(
+        "--max-time", type=_number(float, 0, strict=True), metavar="SECONDS", help="wall time this run may take"
+    )
+    limits.add_argument(
+        "--estimate", type=_positive, metavar="K",
+        help="run K conversations in a temporary folder (nothing is written to the output folder)"
+        " and print the forecast for --num-outputs-to-generate",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     parser.add_argument("--debug", action="store_true", help="debug logging, and tracebacks on errors")
@@ -121,6 +178,14 @@ def format_summary(result: RunResult) -> str:
         lines.append(f"  LM calls: {s['lm_calls']} ({tokens} tokens); by stage: " + ", ".join(
             f"{k} {v['calls']}" for k, v in s["per_stage"].items()
         ))
+    cost = s.get("cost")
+    if cost:
+        per_kept = cost["per_kept_conversation"]
+        lines.append(
+            f"  cost: {cost['total']:.4g}" + (f", {per_kept:.4g} per kept conversation" if per_kept is not None else "")
+            + "; by engine: " + ", ".join(f"{k} {v:.4g}" for k, v in cost["per_engine"].items())
+            + "; by stage: " + ", ".join(f"{k} {v:.4g}" for k, v in cost["per_stage"].items())
+        )
     for name, info in s["engines"].items():
         if info.get("retries"):
             lines.append(f"  retries on {name}: " + ", ".join(f"{k} {v}" for k, v in info["retries"].items()))
@@ -134,8 +199,8 @@ def format_summary(result: RunResult) -> str:
             f"  ray: {executor['workers']} workers at {executor['address']}, {executor['workers_lost']} lost,"
             f" {executor['conversations_resent']} conversations sent again"
         )
-    if s["error"]:
-        lines.append(f"  error: {s['error']}")
+    if s["error"]:  # its first line; the CLI prints the whole error once more, last
+        lines.append(f"  error: {s['error'].splitlines()[0]}")
     return "\n".join(lines)
 
 
@@ -148,6 +213,10 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
         raise ConfigError(Problem(f"two task files share the task_name {clash[0]!r}"))
     results = []
     ray = RayOptions(address=args.ray_address, workers=args.workers) if args.executor == "ray" else None
+    limits = LimitOverrides(
+        min_keep_rate=args.min_keep_rate, min_attempts=args.keep_rate_min_attempts, max_tokens=args.max_tokens,
+        max_calls=args.max_calls, max_cost=args.max_cost, max_time=args.max_time,
+    )
     for task in tasks:
         options = RunOptions(
             num_outputs=args.num_outputs_to_generate,
@@ -157,14 +226,56 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
             concurrency=args.concurrency,
             progress=not args.quiet,
             ray=ray,
+            limits=limits,
         )
-        result = await Runner(task, options).run()
+        if args.estimate:
+            result = await _estimate(task, options, args.estimate)
+        else:
+            result = await Runner(task, options).run()
+            if not args.quiet:
+                print(format_summary(result), file=sys.stderr)
+            if result.status == "budget_exhausted":  # one line, even with --quiet
+                print(budget_line(result), file=sys.stderr)
         results.append(result)
-        if not args.quiet:
-            print(format_summary(result), file=sys.stderr)
         if result.error is not None:
             break
     return results
+
+
+def budget_line(result: RunResult) -> str:
+    s = result.summary
+    return (
+        f"{s['task_name']}: budget exhausted: {s['budget']['exhausted']}; {s['total']}/{s['requested']}"
+        " conversations are saved; run the same command again to continue with a new budget"
+    )
+
+
+async def _estimate(task: Any, options: RunOptions, attempts: int) -> RunResult:
+    """``--estimate K``: K conversations in a temporary folder, then the forecast for N on stdout."""
+    total = options.num_outputs
+    with tempfile.TemporaryDirectory(prefix="fms_dgt_estimate_") as scratch:
+        options.output_dir, options.restart = Path(scratch), True
+        options.num_outputs, options.max_attempts = attempts, attempts
+        runner = Runner(task, options)
+        result = await runner.run()
+    if result.error is not None:
+        return result
+    s = result.summary
+    tried = s["accepted"] + sum(s["dropped"].values())
+    projection = runner.guard.projection(total, fresh=True)
+    head = f"{s['task_name']}: estimate from {tried} conversations: {s['accepted']} kept"
+    if projection is None:
+        print(f"{head}; too few kept to forecast (at least {MIN_KEPT} are needed): try a larger --estimate", file=sys.stdout)
+        return result
+    per_kept_calls = projection.estimates["calls"].value / total
+    per_kept_tokens = projection.estimates["tokens"].value / total
+    print(
+        f"{head} (keep rate {projection.keep_rate:.0%}), {per_kept_calls:.1f} LM calls and"
+        f" {per_kept_tokens:,.0f} tokens per kept conversation, {runner.executor.capacity} in flight\n"
+        f"  {describe(projection, runner.guard.priced)}",
+        file=sys.stdout,
+    )
+    return result
 
 
 def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
@@ -197,6 +308,8 @@ def _run_with_signals(coro: Any) -> tuple[Any, int | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.validate and args.preview:
+        parser.error("--validate and --preview do not go together")
     if args.executor != "ray":
         for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers)):
             if value is not None:
@@ -206,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     override = EngineOverride(type=args.engine, model=args.model, base_url=base_urls)
     try:
         paths = find_task_files(args.task_paths)
+        if args.validate or args.preview:
+            look = validate_tasks(paths, override, args.output_dir, args.num_outputs_to_generate) if args.validate \
+                else preview_tasks(paths, override, args.preview, args.seed)
+            code, interrupted = _run_with_signals(look)
+            return code if interrupted is None else interrupted
         results, interrupted = _run_with_signals(_run_all(args, paths, override))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -221,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted is not None:
         print("interrupted: every finished conversation is saved; run again to resume", file=sys.stderr)
         return interrupted
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        print(f"error: {failed[0].error}", file=sys.stderr)
-        return failed[0].error.exit_code if failed[0].error else 1
+    for result in results:
+        if result.error is not None:
+            print(f"error: {result.error}", file=sys.stderr)
+            return result.error.exit_code
     return 0
 
 

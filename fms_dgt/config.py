@@ -1,8 +1,13 @@
-"""Pydantic models for what a task file may say. Unknown keys are errors (``extra="forbid"``)."""
+"""The building blocks of a task file's models: engine settings and stage options.
+
+Each engine type and each stage extends these with its own options in its own module; ``fms_dgt.task``
+assembles them into ``TaskConfig``. Unknown keys are errors (``extra="forbid"``).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,6 +20,26 @@ class ConfigModel(BaseModel):
     """Base for every config model: typos fail at load time, values are not mutated afterwards."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(ConfigModel):
+    """What an engine's tokens cost, per million; the run summary and budgets count in this unit."""
+
+    prompt_per_million: float = Field(0.0, ge=0, description="Price of one million prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0, description="Price of one million generated tokens.")
+    cached_prompt_per_million: float | None = Field(
+        None, ge=0, description="Price of one million prompt tokens served from the server's cache (default: the prompt price)."
+    )
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """The cost of one call's tokens; ``cached`` is the part of ``prompt`` read from cache."""
+        cached = min(cached, prompt)
+        cached_price = self.prompt_per_million if self.cached_prompt_per_million is None else self.cached_prompt_per_million
+        return (
+            (prompt - cached) * self.prompt_per_million
+            + cached * cached_price
+            + completion * self.completion_per_million
+        ) / 1e6
 
 
 class EngineConfig(ConfigModel):
@@ -40,6 +65,7 @@ class EngineConfig(ConfigModel):
     max_tokens: int | None = Field(None, ge=1, description="Cap on generated tokens per call.")
     seed: int | None = None
     stop: list[str] | None = None
+    price: Price | None = Field(None, description="Token prices, for the cost in the summary and --max-cost.")
 
     @field_validator("base_url")
     @classmethod
@@ -84,8 +110,19 @@ def require_unique(names: list[str], what: str) -> None:
         raise ValueError(f"duplicate {what} names: {', '.join(duplicates)}")
 
 
+# A value a sampler can write into an attribute.
+Value = str | int | float | bool
+# Where a problem is, below a stage entry (``("parent",)``), and what it is.
+StageProblem = tuple[tuple[str | int, ...], str]
+
+
 class StageOptions(ConfigModel):
-    """Base for a stage's YAML options; ``name`` selects the stage class."""
+    """Base for a stage's YAML options; ``name`` selects the stage class.
+
+    Besides its options, a stage's model states the facts the task's cross-stage rules and the
+    analysis report need (which attributes it writes, what values it can give them), so that no
+    other module has to know stage types.
+    """
 
     name: str
     # Option fields holding Jinja2 templates, checked against the attributes available at load time.
@@ -96,6 +133,25 @@ class StageOptions(ConfigModel):
     def writes(self) -> tuple[str, ...]:
         """Attributes this stage sets on the conversation record, for later templates."""
         return ()
+
+    def possible_values(self) -> Sequence[Value] | None:
+        """Every value this stage can write to its attribute, when they are few and known (a
+        ``range`` for whole-number ranges); None otherwise. ``target_turns`` needs them."""
+        return None
+
+    def shares(self, earlier: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
+        """The share of draws each value should get (value as text -> share), for the report;
+        ``earlier`` holds the expected shares of attributes written before this stage."""
+        return None
+
+    def numeric(self) -> bool:
+        """True for a sampler of numbers (the report describes it by mean and spread)."""
+        return False
+
+    def problems(self, writers: Mapping[str, StageOptions]) -> list[StageProblem]:
+        """What is wrong with this stage given the stages before it (``writers``: attribute ->
+        the stage that wrote it), as (key path below this stage, message)."""
+        return []
 
 
 class LMStageOptions(StageOptions):
@@ -163,62 +219,14 @@ class QualityConfig(ConfigModel):
     )
 
 
-class TaskConfig(ConfigModel):
-    """A whole task file."""
+class LimitsConfig(ConfigModel):
+    """When a run stops by itself: the keep-rate breaker and the per-run budgets (``limits:``)."""
 
-    task_name: str = Field(description="Unique name; also the output folder under --output-dir.")
-    task_description: str = ""
-    created_by: str = ""
-    data_builder: str = Field("core/conversation", description="Only core/conversation exists.")
-    min_turns: int = Field(1, ge=1, description="Complete exchanges a conversation needs to be kept.")
-    max_turns: int = Field(10, ge=1, description="Most exchanges per conversation.")
-    target_turns: TargetTurns | None = Field(
-        None, description="Per-conversation exact length from an attribute (within min_turns..max_turns)."
+    min_keep_rate: float = Field(
+        0.05, ge=0, lt=1, description="Stop when the keep rate is surely below this (0 turns the breaker off)."
     )
-    engines: dict[str, EngineConfig] = Field(default_factory=dict)
-    initialization_stages: list[StageOptions] = Field(default_factory=list)
-    iteration_stages: list[StageOptions] = Field(default_factory=list)
-    termination_stages: list[StageOptions] = Field(default_factory=list)
-    formatter: FormatterConfig = Field(default_factory=FormatterConfig)
-    seed_datastore: DatastoreConfig | None = None
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-
-    @field_validator("task_name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        segments = value.split("/")
-        if not value or any(s in ("", ".", "..") or not _SAFE_SEGMENT.match(s) for s in segments):
-            raise ValueError(
-                "must be one or more '/'-separated segments of letters, digits, '_', '-', '.'"
-                " (no '..', no absolute path), because it names the output folder"
-            )
-        return value
-
-    @field_validator("data_builder")
-    @classmethod
-    def _known_builder(cls, value: str) -> str:
-        if value != "core/conversation":
-            raise ValueError("unknown data builder; known: core/conversation")
-        return value
-
-    @field_validator("max_turns")
-    @classmethod
-    def _min_le_max(cls, value: int, info: Any) -> int:
-        min_turns = info.data.get("min_turns")
-        if min_turns is not None and value < min_turns:
-            raise ValueError(f"max_turns ({value}) is smaller than min_turns ({min_turns})")
-        return value
-
-    @field_validator("iteration_stages")
-    @classmethod
-    def _has_iteration(cls, value: list[StageOptions], info: Any) -> list[StageOptions]:
-        initialization = info.data.get("initialization_stages") or []
-        if not value and not any(s.writes_messages for s in initialization):
-            raise ValueError(
-                "needs at least one stage (for example lm/user/guided and lm/assistant/naive),"
-                " unless an initialization stage such as lm/conversation writes the whole chat"
-            )
-        return value
-
-    def all_stages(self) -> list[StageOptions]:
-        return [*self.initialization_stages, *self.iteration_stages, *self.termination_stages]
+    min_attempts: int = Field(20, ge=1, description="Finished attempts the breaker needs before it may stop a run.")
+    max_tokens: int | None = Field(None, ge=1, description="Prompt + completion tokens this run may spend.")
+    max_calls: int | None = Field(None, ge=1, description="LM calls this run may make.")
+    max_cost: float | None = Field(None, gt=0, description="Cost this run may spend (needs engine prices).")
+    max_time: float | None = Field(None, gt=0, description="Seconds this run may take.")

@@ -139,3 +139,17 @@ class Conversation(BaseModel):
 
     def contents(self, role: str) -> list[str]:
         return [s.content for s in self.steps if s.role == role]
+
+    def transcript(
+        self, roles: tuple[str, ...] = ("user", "assistant"), *, last: int | None = None, max_chars: int | None = None
+    ) -> str:
+        """The visible chat (or one side of it) as ``User: ...`` / ``Assistant: ...`` lines, each on
+        one line; optionally only the ``last`` messages, each cut to ``max_chars``. '' if empty."""
+        messages = [m for m in self.messages() if m["role"] in roles]
+        lines = []
+        for message in messages[-last:] if last else messages:
+            content = " ".join(message["content"].split())
+            if max_chars is not None and len(content) > max_chars:
+                content = content[: max_chars - 3] + "..."
+            lines.append(f"{message['role'].capitalize()}: {content}")
+        return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fms_dgt.errors import ConfigError, Problem
+from fms_dgt.errors import ConfigError, Problem, describe_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,17 +36,10 @@ def read_jsonl(path: Path, model: type[M], *, what: str) -> list[M]:
         except ValidationError as exc:
             for error in exc.errors():
                 key = ".".join(str(p) for p in error["loc"]) or None
-                problems.append(Problem(_message(error), file=path, line=number, key=key))
+                problems.append(Problem(describe_error(error), file=path, line=number, key=key))
     if problems:
         raise ConfigError(problems[:20])
     if not items:
         raise ConfigError(Problem(f"{what} file has no records", file=path))
     return items
 
-
-def _message(error: dict) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    return str(error["msg"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class DgtError(Exception):
@@ -28,6 +30,15 @@ class Problem:
         parts = [p for p in (where, self.key) if p]
         prefix = ": ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic validation error in the words this project's messages use."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 class ConfigError(DgtError):

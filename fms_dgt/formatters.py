@@ -12,11 +12,16 @@ Formatter = Callable[[Conversation], dict[str, Any]]
 FORMATTERS: Registry[Formatter] = Registry("formatter")
 
 
+def register_formatter(name: str) -> Callable[[Formatter], Formatter]:
+    """Function decorator: make a formatter available to task files as ``formatter: {type: name}``."""
+    return FORMATTERS.register(name)
+
+
 class FormatError(ValueError):
     """A conversation that cannot become a valid training example (a bug upstream)."""
 
 
-@FORMATTERS.register("conversation/messages")
+@register_formatter("conversation/messages")
 def messages(conv: Conversation) -> dict[str, Any]:
     """``{"conversation_id", "messages"}`` in OpenAI chat format, ready for SFT.
 

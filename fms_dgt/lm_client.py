@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
 from fms_dgt.errors import EngineError
+from fms_dgt.spend import charge
 from fms_dgt.stats import RunStats
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ class LMClient:
         self.engines = engines
         self.stats = stats
         self._limits = {name: asyncio.Semaphore(engine.capacity) for name, engine in engines.items()}
+        # Called after every call is counted (the runner's budgets: stop as soon as one is spent).
+        self.after_call: Callable[[], None] | None = None
 
     async def chat(
         self,
@@ -39,12 +43,13 @@ class LMClient:
                 result = await target.chat(messages, schema=schema, **params)
             except EngineError as exc:
                 usage = getattr(exc, "usage", None)
-                self.stats.record_call(
+                self._record(
                     stage,
                     engine,
                     calls=getattr(exc, "calls", 1),
                     prompt=usage.prompt_tokens if usage else 0,
                     completion=usage.completion_tokens if usage else 0,
+                    cached=usage.cached_tokens if usage else 0,
                     seconds=time.perf_counter() - started,
                     failed=True,
                 )
@@ -54,7 +59,7 @@ class LMClient:
             stage, engine, time.perf_counter() - started,
             result.usage.prompt_tokens, result.usage.completion_tokens, result.finish_reason,
         )
-        self.stats.record_call(
+        self._record(
             stage,
             engine,
             calls=result.calls,
@@ -65,3 +70,17 @@ class LMClient:
             failed=False,
         )
         return result
+
+    def _record(
+        self, stage: str, engine: str, *, calls: int, prompt: int, completion: int, cached: int, seconds: float, failed: bool
+    ) -> None:
+        """Count a call in the run's stats and in its conversation's spend, priced by the engine."""
+        price = self.engines[engine].config.price
+        cost = price.cost(prompt, completion, cached) if price is not None else 0.0
+        self.stats.record_call(
+            stage, engine, calls=calls, prompt=prompt, completion=completion, cached=cached,
+            seconds=seconds, failed=failed, cost=cost,
+        )
+        charge(calls=calls, prompt=prompt, completion=completion, cached=cached, cost=cost)
+        if self.after_call is not None:
+            self.after_call()

@@ -1,9 +1,9 @@
-"""Task YAML -> validated ``TaskConfig``, with errors that name the file, line and key.
+"""Task YAML -> validated ``Task``, with errors that name the file, line and key.
 
 YAML is read with the safe loader (no object construction). ``${VAR}`` and ``${VAR:-default}``
-in string values are expanded from the environment; ``DGT_DATA_DIR`` defaults to ``data``.
-Each engine and stage entry is validated against the options model its type declares, so a
-typo fails here, before any LM call.
+in string values are expanded from the environment; ``DGT_DATA_DIR`` defaults to ``data``. Then
+``TaskConfig.model_validate`` checks the whole task (each stage and engine against its own options,
+and the rules across stages); this module turns its errors into ``file:line: key: problem``.
 """
 
 from __future__ import annotations
@@ -16,29 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from fms_dgt.config import EngineConfig, LMStageOptions, StageOptions, TargetTurns, TaskConfig
+from fms_dgt.config import EngineConfig
 from fms_dgt.engines import ENGINES
-from fms_dgt.errors import ConfigError, Problem
-from fms_dgt.registry import UnknownNameError
+from fms_dgt.errors import ConfigError, Problem, describe_error
 from fms_dgt.stages import STAGES
-from fms_dgt.stages.samplers import CategoryOptions, GaussianOptions, SubcategoryOptions, UniformOptions
-from fms_dgt.templates import BUILTINS, TemplateProblem, names_used
+from fms_dgt.task import STAGE_LISTS, TASK_RULES, Loc, Task, TaskConfig, key_path
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DEFAULTS = {"DGT_DATA_DIR": "data"}
-_STAGE_LISTS = ("initialization_stages", "iteration_stages", "termination_stages")
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Task:
-    """A loaded task file."""
-
-    path: Path
-    config: TaskConfig
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -91,27 +78,7 @@ class _Locator:
             else:
                 return line
             line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode) and loc:
-            # For a mapping, the line of its key reads better than its first child.
-            return line
         return line
-
-
-def _key(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _message(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
 
 
 class _Builder:
@@ -122,14 +89,19 @@ class _Builder:
 
     def problem(self, loc: Loc, message: str) -> None:
         self.problems.append(
-            Problem(message, file=self.path, line=self.locator.line(loc), key=_key(loc) or None)
+            Problem(message, file=self.path, line=self.locator.line(loc), key=key_path(loc) or None)
         )
 
-    def validation(self, prefix: Loc, exc: ValidationError) -> None:
+    def validation(self, data: dict[str, Any], exc: ValidationError) -> None:
         for error in exc.errors():
-            loc = prefix + tuple(error["loc"])
-            # Errors raised by a field validator carry the field; point there.
-            self.problem(loc, _message(error))
+            if error["type"] == TASK_RULES:
+                for loc, message in error["ctx"]["problems"]:
+                    self.problem(loc, message)
+                continue
+            loc = _data_loc(data, tuple(error["loc"]))
+            if error["type"] == "union_tag_invalid":  # point at the name or type that is wrong
+                loc += ("type",) if loc[:1] == ("engines",) else ("name",)
+            self.problem(loc, _message(error, loc))
 
     def expand(self, value: Any, loc: Loc) -> Any:
         if isinstance(value, str):
@@ -150,12 +122,40 @@ class _Builder:
             return match.group(0)
         return value
 
-    def model(self, cls: type[BaseModel], raw: Any, loc: Loc) -> BaseModel | None:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            self.validation(loc, exc)
-            return None
+
+def _data_loc(data: Any, loc: Loc) -> Loc:
+    """The error's location in the task file: pydantic puts the union tag (the stage name or the
+    engine type) in the path, which the file does not have."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict):
+            if part not in node and part in (node.get("name"), node.get("type")):
+                continue  # the discriminated union's tag
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+        path.append(part)
+    return tuple(path)
+
+
+def _message(error: Any, loc: Loc) -> str:
+    kind = error["type"]
+    if kind == "union_tag_invalid":
+        if loc and loc[0] == "engines":
+            return f"unknown engine type {error['ctx']['tag']!r}; known: {', '.join(ENGINES.names())}"
+        return f"unknown stage {error['ctx']['tag']!r}; known: {', '.join(STAGES.names())}"
+    if kind == "union_tag_not_found":
+        if loc and loc[0] == "engines":
+            return "must be a mapping with at least `type`"
+        return "each stage must be a mapping with a `name`"
+    if kind == "list_type" and loc in tuple((f,) for f in STAGE_LISTS):
+        return "must be a list of stages"
+    if kind == "dict_type" and loc == ("engines",):
+        return "must be a mapping of engine names to settings"
+    return describe_error(error)
 
 
 def load_task(path: Path | str, override: EngineOverride | None = None) -> Task:
@@ -181,148 +181,16 @@ def load_task(path: Path | str, override: EngineOverride | None = None) -> Task:
     data: dict[str, Any] = builder.expand(raw, ())
     if builder.problems:
         raise ConfigError(builder.problems)
-
-    engines_raw = data.get("engines")
-    if engines_raw is None:
-        engines_raw = {"default": {"type": "local"}}
-    engines: dict[str, Any] = {}
-    if not isinstance(engines_raw, dict):
-        builder.problem(("engines",), "must be a mapping of engine names to settings")
-    else:
-        for name, spec in engines_raw.items():
-            loc: Loc = ("engines", name)
-            if not isinstance(spec, dict):
-                builder.problem(loc, "must be a mapping with at least `type`")
-                continue
-            if override:
-                spec = override.apply(spec)
-            try:
-                cls = ENGINES.get(str(spec.get("type")))
-            except UnknownNameError as exc:
-                builder.problem(loc + ("type",), str(exc))
-                continue
-            engines[name] = builder.model(cls.Config, spec, loc)
-
-    stages: dict[str, list[Any]] = {}
-    for field in _STAGE_LISTS:
-        items = data.get(field) or []
-        if not isinstance(items, list):
-            builder.problem((field,), "must be a list of stages")
-            continue
-        stages[field] = []
-        for index, item in enumerate(items):
-            loc = (field, index)
-            if not isinstance(item, dict) or "name" not in item:
-                builder.problem(loc, "each stage must be a mapping with a `name`")
-                continue
-            try:
-                cls = STAGES.get(str(item["name"]))
-            except UnknownNameError as exc:
-                builder.problem(loc + ("name",), str(exc))
-                continue
-            options = builder.model(cls.Options, item, loc)
-            stages[field].append(options)
-            if isinstance(options, LMStageOptions) and options.engine not in engines_raw:
-                known = ", ".join(map(str, engines_raw)) if isinstance(engines_raw, dict) else ""
-                builder.problem(loc + ("engine",), f"no engine named {options.engine!r} under `engines:` (known: {known})")
-
-    if builder.problems:
-        raise ConfigError(builder.problems)
-    _check_attributes(builder, stages, data)
-    if builder.problems:
-        raise ConfigError(builder.problems)
-    task_data = {**data, "engines": engines, **stages}
-    config = builder.model(TaskConfig, task_data, ())
-    if builder.problems or config is None:
-        raise ConfigError(builder.problems)
-    assert isinstance(config, TaskConfig)
-    return Task(path=path, config=config, sha256=hashlib.sha256(text.encode()).hexdigest())
-
-
-def _check_attributes(builder: _Builder, stages: dict[str, list[Any]], data: dict[str, Any]) -> None:
-    """Attributes flow from stage to stage in order: every template name, subcategory parent and
-    ``target_turns`` attribute must be written by an earlier stage, and each is written once."""
-    writers: dict[str, tuple[StageOptions, Loc]] = {}
-    for field in _STAGE_LISTS:
-        for index, options in enumerate(stages.get(field, [])):
-            loc: Loc = (field, index)
-            if options.writes_messages and field != "initialization_stages":
-                builder.problem(loc + ("name",), f"{options.name} writes the whole conversation: make it an initialization stage")
-            for key in options.template_fields:
-                source = getattr(options, key)
-                if source is None:
-                    continue
-                try:
-                    used = names_used(source)
-                except TemplateProblem as exc:
-                    builder.problem(loc + (key,), str(exc))
-                    continue
-                known = set(BUILTINS) | set(writers)
-                for name in sorted(used - known):
-                    builder.problem(
-                        loc + (key,),
-                        f"template uses {{{{ {name} }}}}, which no earlier stage writes"
-                        f" (known: {', '.join(sorted(known))})",
-                    )
-            if isinstance(options, SubcategoryOptions):
-                _check_parent(builder, options, writers.get(options.parent), loc)
-            for name in options.writes():
-                if name in BUILTINS:
-                    builder.problem(loc, f"attribute {name!r} clashes with a built-in template name")
-                elif name in writers:
-                    other = _key(writers[name][1])
-                    builder.problem(loc, f"attribute {name!r} is already written by {other}")
-                else:
-                    writers[name] = (options, loc)
-    target = data.get("target_turns")
-    if isinstance(target, dict) and "attribute" in target:
-        _check_target(builder, target, writers.get(str(target["attribute"])), data)
-
-
-def _check_parent(builder: _Builder, options: SubcategoryOptions, writer: tuple[StageOptions, Loc] | None, loc: Loc) -> None:
-    if writer is None:
-        builder.problem(loc + ("parent",), f"no earlier stage writes the attribute {options.parent!r}")
-    elif isinstance(writer[0], CategoryOptions):
-        missing = [str(v) for v in writer[0].values if str(v) not in options.values]
-        if missing:
-            builder.problem(loc + ("values",), f"no subcategories for {options.parent} = {', '.join(missing)}")
-
-
-def _check_target(builder: _Builder, raw: dict[str, Any], writer: tuple[StageOptions, Loc] | None, data: dict[str, Any]) -> None:
-    """The requested lengths must be whole exchanges within min_turns..max_turns."""
-    loc: Loc = ("target_turns", "attribute")
-    if writer is None or writer[1][0] != "initialization_stages":
-        builder.problem(loc, f"no initialization stage writes the attribute {raw['attribute']!r}")
-        return
+    if override:
+        engines = data.get("engines") or {"default": {"type": "local"}}
+        if isinstance(engines, dict):
+            data["engines"] = {n: override.apply(s) if isinstance(s, dict) else s for n, s in engines.items()}
     try:
-        target = TargetTurns.model_validate(raw)
-        low, high = int(data.get("min_turns", 1)), int(data.get("max_turns", 10))
-    except (ValidationError, TypeError, ValueError):
-        return  # reported with the task's other fields
-    options = writer[0]
-    if isinstance(options, CategoryOptions):
-        values = list(options.values)
-    elif isinstance(options, UniformOptions) and options.integer:
-        values = [options.low, options.high]
-    elif isinstance(options, GaussianOptions) and options.integer and None not in (options.min, options.max):
-        values = [options.min, options.max]
-    else:
-        builder.problem(
-            loc,
-            "the length must come from sample/category, or from sample/uniform or sample/gaussian"
-            " with integer: true (and min and max for gaussian)",
-        )
-        return
-    for value in values:
-        try:
-            turns = target.exchanges(value)
-        except ValueError as exc:
-            builder.problem(loc, f"{options.name} may give {value!r}: {exc}")
-            continue
-        if not low <= turns <= high:
-            builder.problem(
-                loc, f"{options.name} may give {value!r}, that is {turns} exchanges, outside min_turns..max_turns ({low}..{high})"
-            )
+        config = TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        builder.validation(data, exc)
+        raise ConfigError(builder.problems) from None
+    return Task(path=path, config=config, sha256=hashlib.sha256(text.encode()).hexdigest())
 
 
 def find_task_files(paths: list[str]) -> list[Path]:
@@ -343,4 +211,4 @@ def find_task_files(paths: list[str]) -> list[Path]:
     return unique
 
 
-__all__ = ["EngineOverride", "StageOptions", "Task", "find_task_files", "load_task"]
+__all__ = ["EngineOverride", "Task", "find_task_files", "load_task"]

@@ -18,14 +18,11 @@ from pathlib import Path
 from fms_dgt.config import QualityConfig
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.dedup import NearDuplicateIndex
-from fms_dgt.errors import DgtError
 from fms_dgt.stages.user import _ASSISTANT_OPENER, _ASSISTANT_VOICE  # the user stage's fast filter
 from fms_dgt.stats import RunStats
 
 logger = logging.getLogger(__name__)
 
-# A run whose conversations the gate keeps rejecting would spend without keeping anything.
-MAX_CONSECUTIVE_REJECTIONS = 50
 # Near-copies between two messages: a run of this many consecutive words (all of the copied
 # message when it is shorter, if it has at least MIN_COPY_WORDS), or word sets this similar.
 USER_RUN, ASSISTANT_RUN, MIN_COPY_WORDS = 10, 8, 4
@@ -127,7 +124,6 @@ class ConversationGate:
         self.stats = stats
         threshold = config.near_duplicate_threshold
         self.index = NearDuplicateIndex(threshold) if threshold is not None else None
-        self.consecutive = 0
 
     def index_existing(self, path: Path) -> None:
         """Index what earlier runs kept, so a resumed run rejects copies of it too."""
@@ -152,16 +148,9 @@ class ConversationGate:
                 reason = "near_duplicate"
                 logger.debug("%s is a near-duplicate of %s (%.2f)", conv.conversation_id, *found)
         if reason is None:
-            self.consecutive = 0
             if self.index is not None:
                 self.index.add(conv.conversation_id, signature)
             return False
+        # Counted as a drop, so the keep-rate breaker stops a run whose conversations it keeps rejecting.
         self.stats.dropped[f"gate:{reason}"] += 1
-        self.consecutive += 1
-        if self.consecutive >= MAX_CONSECUTIVE_REJECTIONS:
-            gate = {k: v for k, v in self.stats.dropped.most_common() if k.startswith("gate:")}
-            raise DgtError(
-                f"stopping: the quality gate rejected the last {self.consecutive} conversations in a"
-                f" row ({', '.join(f'{k}: {v}' for k, v in gate.items())}); see the task's quality section"
-            )
         return True

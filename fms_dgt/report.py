@@ -29,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from fms_dgt.conversation import Conversation
-from fms_dgt.output import REPORTS, TASK_SNAPSHOT
-from fms_dgt.stages.samplers import CategoryOptions
+from fms_dgt.output import FINAL, REPORTS, SUMMARY, TASK_SNAPSHOT
+from fms_dgt.stages.flow_controller import FlowControllerOptions
+from fms_dgt.stages.persona import PersonaOptions
 from fms_dgt.stages.text import words
+from fms_dgt.task import TaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,50 +68,57 @@ def _max_gap(observed: dict[str, float], expected: dict[str, float]) -> float:
     return round(max((abs(observed.get(k, 0.0) - expected.get(k, 0.0)) for k in keys), default=0.0), 4)
 
 
-def expected_distributions(task: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """What the task asks of each sampled attribute: expected shares or numeric settings."""
+def expected_distributions(task: TaskConfig) -> dict[str, dict[str, Any]]:
+    """What the task asks of each sampled attribute: expected shares or numeric settings, as each
+    stage's options state them."""
     configured: dict[str, dict[str, Any]] = {}
-    stages = [s for key in ("initialization_stages", "iteration_stages") for s in task.get(key, [])]
-    for stage in stages:
-        name, attribute = stage.get("name"), stage.get("attribute")
-        if name == "sample/category":
-            shares = CategoryOptions.model_validate(stage).distribution()
-            configured[attribute] = {"sampler": name, "expected": {str(v): round(w, 4) for v, w in shares.items()}}
-        elif name == "sample/subcategory":
-            parent = configured.get(stage["parent"], {}).get("expected")
-            expected: dict[str, float] = defaultdict(float)
-            if parent:
-                for value, share in parent.items():
-                    subs = stage["values"].get(value, [])
-                    for sub in subs:
-                        expected[str(sub)] += share / len(subs)
-            configured[attribute] = {
-                "sampler": name,
-                "expected": {k: round(v, 4) for k, v in expected.items()} if parent else None,
-            }
-        elif name in ("sample/uniform", "sample/gaussian"):
-            settings = {k: v for k, v in stage.items() if k not in ("name", "attribute")}
-            configured[attribute] = {"sampler": name, "settings": settings}
+    shares: dict[str, dict[str, float]] = {}
+    for options in [*task.initialization_stages, *task.iteration_stages]:
+        for attribute in options.writes():
+            if options.numeric():
+                settings = options.model_dump(mode="json", exclude={"name", "attribute"})
+                configured[attribute] = {"sampler": options.name, "settings": settings}
+                continue
+            expected = options.shares(shares)
+            if expected is not None:
+                shares[attribute] = expected
+            if expected is not None or options.possible_values() is not None:
+                configured[attribute] = {
+                    "sampler": options.name,
+                    "expected": {k: round(v, 4) for k, v in expected.items()} if expected is not None else None,
+                }
     return configured
 
 
-def _pattern_weights(task: dict[str, Any]) -> dict[str, float]:
-    for stage in task.get("iteration_stages", []):
-        if stage.get("name") == "lm/flow_controller":
-            total = sum(p["weight"] for p in stage["patterns"]) or 1.0
-            return {p["name"]: round(p["weight"] / total, 4) for p in stage["patterns"]}
+def _pattern_weights(task: TaskConfig) -> dict[str, float]:
+    for options in task.iteration_stages:
+        if isinstance(options, FlowControllerOptions):
+            return {name: round(share, 4) for name, share in options.weight_shares().items()}
     return {}
 
 
-def _persona_file_size(task: dict[str, Any]) -> int | None:
-    for stage in task.get("initialization_stages", []):
-        if stage.get("name") == "sample/persona":
-            path = Path(stage["persona_store"]["data_path"])
+def _persona_file_size(task: TaskConfig) -> int | None:
+    for options in task.initialization_stages:
+        if isinstance(options, PersonaOptions):
+            path = Path(options.persona_store.data_path)
             try:
                 return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
             except OSError:
                 return None
     return None
+
+
+def _task(folder: Path) -> TaskConfig | None:
+    """The task this folder's run read (``task.json``), or None if it is missing or unreadable."""
+    data = _read_json(folder / TASK_SNAPSHOT)
+    if data is None:
+        return None
+    try:
+        return TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        logger.warning("%s: not a task this version reads (%d problems); reporting without the task's expectations",
+                       folder / TASK_SNAPSHOT, exc.error_count())
+        return None
 
 
 class Diversity:
@@ -168,10 +179,10 @@ def _conversations(path: Path) -> Iterator[Conversation]:
 
 def build_report(folder: Path) -> dict[str, Any]:
     """Compute the report of one output folder (nothing is written)."""
-    task = _read_json(folder / TASK_SNAPSHOT) or {}
-    summary = _read_json(folder / "run_summary.json") or {}
+    task = _task(folder)
+    summary = _read_json(folder / SUMMARY) or {}
 
-    configured = expected_distributions(task)
+    configured = expected_distributions(task) if task is not None else {}
     values: dict[str, list[Any]] = defaultdict(list)
     judged: dict[str, Counter[int]] = defaultdict(Counter)
     patterns: Counter[str] = Counter()
@@ -185,7 +196,7 @@ def build_report(folder: Path) -> dict[str, Any]:
     texts = {"user": Diversity(), "assistant": Diversity()}
     judge_rubrics: set[str] = set()
     count = 0
-    for conv in _conversations(folder / "final_data.jsonl"):
+    for conv in _conversations(folder / FINAL):
         count += 1
         turns[conv.num_turns] += 1
         if conv.target_turns is not None:
@@ -242,8 +253,8 @@ def build_report(folder: Path) -> dict[str, Any]:
 
     requested = sum(sum(c.values()) for c in by_target.values())
     exact = sum(c[t] for t, c in by_target.items())
-    pattern_weights = _pattern_weights(task)
-    persona_total = _persona_file_size(task)
+    pattern_weights = _pattern_weights(task) if task is not None else {}
+    persona_total = _persona_file_size(task) if task is not None else None
     observed_patterns = _shares(free_patterns)
     allowed_rate = {name: round(allowed[name] / n, 4) for name, n in offered.items()}
     never_allowed = [n for n, w in pattern_weights.items() if w > 0 and offered[n] and not allowed[n]]
@@ -304,6 +315,7 @@ def build_report(folder: Path) -> dict[str, Any]:
             "near_duplicates": dropped.get("gate:near_duplicate", 0),
         },
         "diversity": {role: counter.result() for role, counter in texts.items()},
+        "cost": summary.get("cost"),  # None unless an engine has a price
     }
     return report
 
@@ -405,6 +417,13 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{sum(gate['rejected'].values())} conversations rejected before being kept,"
                 f" {gate['near_duplicates']} of them as near-duplicates.", "",
                 _table([[k, v] for k, v in gate["rejected"].items()], ["reason", "conversations"]), ""]
+    cost = report.get("cost")
+    if cost:
+        per_kept = cost["per_kept_conversation"]
+        out += ["## Cost (last run, every call counted)", "",
+                f"Total {cost['total']:.6g}" + (f", {per_kept:.6g} per kept conversation." if per_kept is not None else "."),
+                "", _table([[f"engine {k}", f"{v:.6g}"] for k, v in cost["per_engine"].items()]
+                           + [[f"stage {k}", f"{v:.6g}"] for k, v in cost["per_stage"].items()], ["by", "cost"]), ""]
     out += ["## Lexical diversity", "", _table(
         [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
          for role, d in report["diversity"].items()],
@@ -471,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("folder", type=Path, help="an output folder, e.g. output/public/examples/chit_chat")
     args = parser.parse_args(argv)
-    if not (args.folder / "final_data.jsonl").is_file():
+    if not (args.folder / FINAL).is_file():
         print(f"error: {args.folder}: no final_data.jsonl here", file=sys.stderr)
         return 2
     try:

@@ -26,15 +26,18 @@ from fms_dgt.engines import ENGINES, Engine
 from fms_dgt.errors import DgtError, EngineError
 from fms_dgt.executors import RayOptions, make_executor
 from fms_dgt.formatters import FORMATTERS
+from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.lm_client import LMClient
-from fms_dgt.loader import Task
+from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.progress import Progress
 from fms_dgt.quality import ConversationGate
 from fms_dgt.report import write_report
+from fms_dgt.spend import Spend, track
 from fms_dgt.stages import STAGES, DropConversation, Stage
-from fms_dgt.stages.base import ConversationContext, Resources
+from fms_dgt.stages.base import ConversationContext, Rejection, Resources
 from fms_dgt.stats import RunStats
+from fms_dgt.view import write_viewer
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class RunOptions:
     concurrency: int | None = None  # per process: with Ray, per worker
     progress: bool = True
     ray: RayOptions | None = None  # run the conversations on a Ray cluster
+    limits: LimitOverrides = field(default_factory=LimitOverrides)  # flags over the task's limits:
+    max_attempts: int | None = None  # --estimate: start this many conversations, keep what comes
 
 
 @dataclass
@@ -58,6 +63,9 @@ class Outcome:
     conv: Conversation | None
     drop_reason: str | None = None
     engine_error: EngineError | None = None
+    rejected: Rejection | None = None  # the stage's last rejected draft, when a stage dropped it
+    attempt: int = -1
+    spend: Spend | None = None  # what this conversation cost, kept or not
 
 
 @dataclass
@@ -66,7 +74,6 @@ class RunResult:
     output_dir: Path
     status: str = "completed"
     error: DgtError | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner:
@@ -89,7 +96,7 @@ class Runner:
         seeds = []
         if self.config.seed_datastore is not None:
             seeds = read_jsonl(Path(self.config.seed_datastore.data_path), Conversation, what="seed example")
-        self.resources = Resources(task=self.config, lm=self.lm, stats=self.stats, seed_conversations=seeds)
+        self.resources = Resources(lm=self.lm, stats=self.stats, seed_conversations=seeds)
         self.init_stages = self._build(self.config.initialization_stages)
         self.iteration_stages = self._build(self.config.iteration_stages)
         self.termination_stages = self._build(self.config.termination_stages)
@@ -113,9 +120,17 @@ class Runner:
         return rng, str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
     async def run_conversation(self, attempt: int) -> Outcome:
+        spend = track()  # this conversation's LM calls, for budgets and the forecast
+        outcome = await self._conversation(attempt)
+        outcome.attempt, outcome.spend = attempt, spend.finish()
+        return outcome
+
+    async def _conversation(self, attempt: int) -> Outcome:
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns, attempt=attempt, seed=self.seed)
+        ctx = ConversationContext(
+            rng=rng, max_turns=self.config.max_turns, min_turns=self.config.min_turns, attempt=attempt, seed=self.seed
+        )
         min_turns = self.config.min_turns
         target = self.config.target_turns
         try:
@@ -153,7 +168,7 @@ class Runner:
             for stage in self.termination_stages:
                 await stage(conv, ctx)
         except DropConversation as drop:
-            return Outcome(None, drop_reason=drop.reason)
+            return Outcome(None, drop_reason=drop.reason, rejected=drop.rejected)
         except EngineError as exc:
             return Outcome(None, drop_reason="engine_error", engine_error=exc)
         return Outcome(conv)
@@ -181,14 +196,23 @@ class Runner:
     async def run(self) -> RunResult:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
+        self.guard = RunGuard(  # checks the limits first: a bad one writes nothing
+            self.options.limits.apply(self.config.limits), self.stats, target=self.options.num_outputs,
+            priced=any(e.config.price is not None for e in self.engines.values()),
+            concurrency=lambda: self.executor.capacity, max_attempts=self.options.max_attempts,
+        )
         self.store.open(restart=self.options.restart)
-        self.store.write_task(self.config.model_dump(mode="json", serialize_as_any=True))
+        self.store.write_task(self.config.model_dump(mode="json"))
         self.gate = ConversationGate(self.config.quality, self.stats)  # in the driver only
         self.gate.index_existing(self.store.final_path)
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None
-        progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats)
+        progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats,
+                            describe=self.guard.status)
+        progress.start()
+        if self.lm is not None:
+            self.lm.after_call = self.guard.after_call
         try:
             if before < target:
                 await self.executor.start()
@@ -198,6 +222,8 @@ class Runner:
                     min(self.executor.capacity, target - before),
                 )
                 await self._generate(target, progress)
+                if self.guard.budget.exhausted and self.store.count < target:
+                    status = "budget_exhausted"
         except DgtError as exc:
             status, error = "failed", exc
         except asyncio.CancelledError:
@@ -225,10 +251,14 @@ class Runner:
                     if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue
+                    if not self.guard.may_start(attempt, len(pending)):  # budgets, --estimate
+                        break
                     pending.add(self.executor.submit(attempt))
                     attempt += 1
                     self.stats.attempts += 1
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if not pending:  # the guard started nothing more
+                    break
+                done, pending = await self.guard.wait(pending)  # also woken when a budget is spent
                 for finished in done:
                     outcome = finished.result()
                     if outcome.conv is None:
@@ -249,12 +279,15 @@ class Runner:
                     consecutive_failures = 0
                     conv = outcome.conv
                     if self.gate.rejects(conv):  # conversation-level checks, near-duplicates
+                        outcome.conv = None  # not kept, for the guard's forecast too
                         continue
                     self.store.append(conv)
                     self.stats.accepted += 1
                     self.stats.stop_reasons[conv.stop_reason or "unknown"] += 1
                     self.stats.turns[conv.num_turns] += 1
                     progress.update(1)
+                if self.guard.observe(done, self.store.count):  # keep-rate breaker, budgets, forecast
+                    break
         finally:
             for task in pending:
                 task.cancel()
@@ -262,11 +295,15 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     def _write_report(self) -> None:
-        """The analysis report; a failure here is logged, never fatal: the data is on disk."""
+        """The analysis report and the viewer; a failure here is logged, never fatal: the data is on disk."""
         try:
             write_report(self.store.dir)
         except Exception as exc:  # noqa: BLE001 - the report is a convenience
             logger.warning("could not write the report: %s (run python -m fms_dgt.report %s)", exc, self.store.dir)
+        try:
+            write_viewer(self.store.dir)
+        except Exception as exc:  # noqa: BLE001 - likewise
+            logger.warning("could not write the viewer: %s (run python -m fms_dgt.view %s)", exc, self.store.dir)
 
     def _summary(
         self,
@@ -296,4 +333,5 @@ class Runner:
             "executor": self.executor.describe(),
             "engines": engines,
             **self.stats.as_dict(),
+            **self.guard.summary(),
         }

@@ -15,6 +15,7 @@ class CallStats:
     completion_tokens: int = 0
     cached_tokens: int = 0
     seconds: float = 0.0
+    cost: float = 0.0  # from the engine's ``price``; 0 when it has none
 
     def add(self, other: CallStats) -> None:
         self.calls += other.calls
@@ -23,6 +24,7 @@ class CallStats:
         self.completion_tokens += other.completion_tokens
         self.cached_tokens += other.cached_tokens
         self.seconds += other.seconds
+        self.cost += other.cost
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +34,7 @@ class CallStats:
             "completion_tokens": self.completion_tokens,
             "cached_prompt_tokens": self.cached_tokens,
             "seconds": round(self.seconds, 3),
+            "cost": round(self.cost, 6),
         }
 
 
@@ -65,6 +68,7 @@ class RunStats:
         seconds: float,
         failed: bool,
         cached: int = 0,
+        cost: float = 0.0,
     ) -> None:
         for table, key in ((self.per_stage, stage), (self.per_engine, engine)):
             stats = table.get(key)
@@ -76,6 +80,7 @@ class RunStats:
             stats.completion_tokens += completion
             stats.cached_tokens += cached
             stats.seconds += seconds
+            stats.cost += cost
 
     def merge(self, other: RunStats) -> None:
         """Add another run's counters to these (a Ray worker's, on the driver)."""
@@ -110,6 +115,10 @@ class RunStats:
     @property
     def tokens(self) -> int:
         return sum(s.prompt_tokens + s.completion_tokens for s in self.per_engine.values())
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.per_engine.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -43,17 +43,10 @@ def _compiled(source: str) -> Any:
     return _ENV.from_string(source)
 
 
-def render_text(conv: Conversation, roles: tuple[str, ...] = ("user", "assistant")) -> str:
-    """The whole visible chat (or one side of it) for templates and judges; nothing is cut."""
-    return "\n".join(
-        f"{m['role'].capitalize()}: {' '.join(m['content'].split())}" for m in conv.messages() if m["role"] in roles
-    )
-
-
 def context(conv: Conversation) -> dict[str, Any]:
     persona = conv.persona
     return {
-        "conversation": render_text(conv),
+        "conversation": conv.transcript(),
         "persona": persona.content if persona else "",
         "scenario": conv.scenario or "",
         "turn": len(conv.contents("assistant")),

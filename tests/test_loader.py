@@ -140,3 +140,43 @@ def test_find_task_files_in_folder(tmp_path: Path) -> None:
     assert find_task_files([str(CHIT_CHAT.parent)]) == [CHIT_CHAT]
     with pytest.raises(ConfigError):
         find_task_files([str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize("example", ["chit_chat", "multi_turn_chat"])
+def test_task_config_validates_a_parsed_task_file_by_itself(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from fms_dgt.task import TaskConfig
+
+    monkeypatch.delenv("DGT_DATA_DIR", raising=False)
+    path = CHIT_CHAT.parent.parent / example / "task.yaml"
+    text = path.read_text().replace("${DGT_DATA_DIR}", "data")
+    config = TaskConfig.model_validate(yaml.safe_load(text))
+    assert config == load_task(path).config
+    assert all(type(s).__name__ != "StageOptions" for s in config.all_stages())  # each stage's own options
+
+
+def test_task_json_round_trips(tmp_path: Path) -> None:
+    import json
+
+    from fms_dgt.task import TaskConfig
+
+    config = load_task(CHIT_CHAT.parent.parent / "multi_turn_chat" / "task.yaml").config
+    written = json.dumps(config.model_dump(mode="json"))
+    assert TaskConfig.model_validate(json.loads(written)) == config
+
+
+def test_task_config_rules_carry_their_own_locations() -> None:
+    from pydantic import ValidationError
+
+    from fms_dgt.task import TaskConfig
+
+    with pytest.raises(ValidationError) as info:
+        TaskConfig.model_validate({
+            "task_name": "t",
+            "initialization_stages": [{"name": "lm/text", "attribute": "a", "prompt": "{{ nope }}", "engine": "judge"}],
+            "iteration_stages": [{"name": "lm/assistant/naive"}],
+        })
+    text = str(info.value)
+    assert "initialization_stages[0].engine: no engine named 'judge'" in text
+    assert "initialization_stages[0].prompt: template uses {{ nope }}" in text

@@ -58,7 +58,7 @@ async def draw(tmp_path: Path, judge: Eligibility) -> Counter[str]:
     )
     config = load_task(write_task(tmp_path, data)).config
     stats = RunStats()
-    res = Resources(task=config, lm=LMClient({"default": ScriptedEngine(responder=judge)}, stats), stats=stats)
+    res = Resources(lm=LMClient({"default": ScriptedEngine(responder=judge)}, stats), stats=stats)
     stage = FlowControllerStage(config.iteration_stages[0], res)
     stage.setup()
     drawn: Counter[str] = Counter()

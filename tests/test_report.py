@@ -17,6 +17,7 @@ from fms_dgt.conversation import (
     PersonaStep,
 )
 from fms_dgt.report import build_report, diversity, main, to_markdown
+from fms_dgt.task import TaskConfig
 
 LONG = "You are a patient assistant for people who want help with their home network and devices."
 
@@ -53,16 +54,18 @@ def folder(tmp_path: Path) -> Path:
     ]
     (out / "final_data.jsonl").write_text("".join(c.model_dump_json() + "\n" for c in conversations))
     task = {
+        "task_name": "t",
         "initialization_stages": [
             {"name": "sample/persona", "persona_store": {"type": "default", "data_path": str(personas)}},
             {"name": "sample/category", "attribute": "mood", "values": ["happy", "sad"], "weights": None},
             {"name": "sample/uniform", "attribute": "budget", "low": 10, "high": 40, "integer": True},
         ],
         "iteration_stages": [
-            {"name": "lm/flow_controller", "patterns": [{"name": "a", "weight": 3}, {"name": "b", "weight": 1}]},
+            {"name": "lm/flow_controller", "patterns": [{"name": "a", "description": "A.", "weight": 3},
+                                                        {"name": "b", "description": "B.", "weight": 1}]},
         ],
     }
-    (out / "task.json").write_text(json.dumps(task))
+    (out / "task.json").write_text(json.dumps(TaskConfig.model_validate(task).model_dump(mode="json")))
     (out / "run_summary.json").write_text(json.dumps({"dropped": {"user_repeats_itself": 2}, "rescued": {"x": 1}}))
     return out
 
@@ -116,10 +119,10 @@ def test_report_numbers(folder: Path) -> None:
 def test_subcategory_expectation_is_the_parent_share_split_evenly() -> None:
     from fms_dgt.report import expected_distributions
 
-    task = {"initialization_stages": [
+    task = TaskConfig.model_validate({"task_name": "t", "initialization_stages": [
         {"name": "sample/category", "attribute": "d", "values": ["x", "y"], "weights": [3, 1]},
         {"name": "sample/subcategory", "attribute": "t", "parent": "d", "values": {"x": ["p", "q"], "y": ["r"]}},
-    ]}
+    ], "iteration_stages": [{"name": "lm/assistant/naive"}]})
     assert expected_distributions(task)["t"]["expected"] == {"p": 0.375, "q": 0.375, "r": 0.25}
 
 
@@ -163,8 +166,9 @@ def test_allowed_rates_and_never_allowed_patterns(tmp_path: Path, caplog: pytest
                            fallback="invalid_eligibility_json", metadata=offered),
     ]
     (out / "final_data.jsonl").write_text(c.model_dump_json() + "\n")
-    patterns = [{"name": "a", "weight": 2}, {"name": "b", "weight": 1}, {"name": "end", "weight": 1}]
-    (out / "task.json").write_text(json.dumps({"iteration_stages": [{"name": "lm/flow_controller", "patterns": patterns}]}))
+    patterns = [{"name": n, "description": n, "weight": w} for n, w in (("a", 2), ("b", 1), ("end", 1))]
+    task = {"task_name": "t", "iteration_stages": [{"name": "lm/flow_controller", "patterns": patterns}]}
+    (out / "task.json").write_text(json.dumps(TaskConfig.model_validate(task).model_dump(mode="json")))
     (out / "run_summary.json").write_text(json.dumps({"dropped": {"gate:near_duplicate": 3, "gate:empty_closing": 1,
                                                                   "user_empty": 2}}))
     with caplog.at_level("WARNING"):

@@ -25,7 +25,7 @@ def sampler(tmp_path: Path, spec: dict[str, Any], before: list[dict[str, Any]] |
     """The stages of a task whose initialization stages are ``before`` + ``spec``, built and set up."""
     stages = [*(before or []), spec]
     config = load_task(write_task(tmp_path, task_dict(tmp_path, initialization_stages=stages))).config
-    resources = Resources(task=config, lm=None, stats=RunStats())
+    resources = Resources(lm=None, stats=RunStats())
     built = []
     for options in config.initialization_stages:
         stage = STAGES.get(options.name)(options, resources)
@@ -103,14 +103,31 @@ async def test_gaussian_mean_stddev_clipping_and_rounding(tmp_path: Path) -> Non
 
 
 async def test_subcategory_with_an_unlisted_parent_value_drops(tmp_path: Path) -> None:
-    # The parent here is not a category sampler, so the keys cannot be checked at load time.
+    # The parent's values are not known in advance (an unbounded gaussian), so the keys cannot be
+    # checked at load time.
     stages = sampler(
         tmp_path,
         {"name": "sample/subcategory", "attribute": "topic", "parent": "n", "values": {"1": ["a"]}},
-        before=[{"name": "sample/uniform", "attribute": "n", "low": 5, "high": 6, "integer": True}],
+        before=[{"name": "sample/gaussian", "attribute": "n", "mean": 50, "stddev": 1, "integer": True}],
     )
     with pytest.raises(DropConversation, match="no_subcategories_for_n"):
         await draw(stages, 0)
+
+
+def test_subcategory_keys_are_checked_against_a_whole_number_range(tmp_path: Path) -> None:
+    stages = [
+        {"name": "sample/uniform", "attribute": "n", "low": 5, "high": 6, "integer": True},
+        {"name": "sample/subcategory", "attribute": "topic", "parent": "n", "values": {"5": ["a"]}},
+    ]
+    assert "initialization_stages[1].values: no subcategories for n = 6" in load_error(tmp_path, initialization_stages=stages)
+
+
+def test_target_turns_range_with_odd_message_counts_is_refused(tmp_path: Path) -> None:
+    # 2..6 messages includes 3 and 5, which are not whole exchanges.
+    stages = [{"name": "sample/uniform", "attribute": "length", "low": 2, "high": 6, "integer": True}]
+    message = load_error(tmp_path, target_turns={"attribute": "length", "unit": "messages"}, min_turns=1, max_turns=4,
+                         initialization_stages=stages)
+    assert "sample/uniform may give 3: 3 messages is not a whole number" in message
 
 
 def load_error(tmp_path: Path, **overrides: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,17 @@ PERSONA = Persona(role="retired teacher", expertise="beginner", domain="gardenin
 SCENARIO = "A retired teacher wants to save her tomato plants from blight before the summer fair."
 
 
-def resources(tmp_path: Path, engine: ScriptedEngine, **task: Any) -> Resources:
+@dataclass
+class TaskResources(Resources):
+    """What stages get, plus the task they came from (for picking a stage's options in tests)."""
+
+    task: Any = None
+
+
+def resources(tmp_path: Path, engine: ScriptedEngine, **task: Any) -> TaskResources:
     config = load_task(write_task(tmp_path, task_dict(tmp_path, **task))).config
     stats = RunStats()
-    return Resources(task=config, lm=LMClient({"default": engine}, stats), stats=stats)
+    return TaskResources(lm=LMClient({"default": engine}, stats), stats=stats, task=config)
 
 
 def stage_options(res: Resources, name: str) -> Any:
@@ -171,7 +179,7 @@ async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
     conv = conversation(("my tomatoes have spots", "Probably blight."))
-    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, min_turns=3, turn=1))
     prompt = engine.calls[0].messages[-1]["content"]
     assert SCENARIO in prompt and "User: my tomatoes have spots" in prompt and "Assistant: Probably blight." in prompt
     assert "- follow_up: Dig deeper." in prompt

@@ -275,6 +275,11 @@ class Engine(ABC):
 
 ENGINES: Registry[type[Engine]] = Registry("engine type")
 
+
+def register_engine(name: str) -> Any:
+    """Class decorator: make an engine available to task files as ``type: name``."""
+    return ENGINES.register(name)
+
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 

@@ -45,9 +45,6 @@ class ScriptedEngine(Engine):
         self.responder = responder
         self.calls: list[RecordedCall] = []
 
-    def enqueue(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
     async def _send(
         self,
         messages: list[Message],

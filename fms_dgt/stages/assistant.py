@@ -12,7 +12,7 @@ from pydantic import Field
 
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
 from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished
 from fms_dgt.templates import render
 
@@ -74,5 +74,6 @@ class AssistantStage(LMStage):
                     )
                 )
                 return
-            self.resources.stats.rejected_drafts["assistant:" + ("repeat" if text else "empty")] += 1
-        raise DropConversation("assistant_empty_or_repeat")
+            reason = "repeat" if text else "empty"
+            self.resources.stats.rejected_drafts["assistant:" + reason] += 1
+        raise DropConversation("assistant_empty_or_repeat", Rejection(self.name, reason, text[:300]))

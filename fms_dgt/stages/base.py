@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fms_dgt.config import LMStageOptions, StageOptions, TaskConfig
+from fms_dgt.config import LMStageOptions, StageOptions
 from fms_dgt.conversation import Conversation
 from fms_dgt.engines.base import ChatResult, Message, Schema
 from fms_dgt.lm_client import LMClient
@@ -21,19 +21,29 @@ from fms_dgt.stats import RunStats
 from fms_dgt.templates import render
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """The last draft a stage turned down before dropping a conversation, so that a run stopped
+    for keeping nothing can show the user what the model actually wrote."""
+
+    stage: str
+    reason: str
+    text: str
+
+
 class DropConversation(Exception):  # noqa: N818 - a signal, not an error
     """Raised by a stage to drop the conversation; ``reason`` is a short countable label."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, rejected: Rejection | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.rejected = rejected
 
 
 @dataclass
 class Resources:
     """Shared by every stage of a run."""
 
-    task: TaskConfig
     lm: LMClient | None
     stats: RunStats
     seed_conversations: list[Conversation] = field(default_factory=list)
@@ -46,6 +56,8 @@ class ConversationContext:
     rng: random.Random
     # Most exchanges for this conversation: the task's max_turns, or its target_turns.
     max_turns: int
+    # Complete exchanges the conversation needs to be kept (the task's min_turns).
+    min_turns: int = 1
     turn: int = 0  # 0-based index of the exchange being produced
     # Set by a stage (the flow controller) when the exchange being produced is the last one.
     last_turn: bool = False

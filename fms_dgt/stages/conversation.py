@@ -17,7 +17,7 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.errors import StructuredOutputError
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
 from fms_dgt.templates import render
 
 SYSTEM = "You write realistic conversations between a person and an AI assistant, for training chat models."
@@ -124,15 +124,15 @@ class ConversationStage(LMStage):
                     ctx, messages, schema=schema, max_tokens=self.tokens_per_message * num_messages
                 )
             except StructuredOutputError:
-                problem = "not_json"
+                problem, draft = "not_json", ""
             else:
-                problem = chat_problem(result.parsed, num_messages)
+                problem, draft = chat_problem(result.parsed, num_messages), result.text
             if problem is None:
                 break
             rejected.append(problem)
             self.resources.stats.rejected_drafts[f"conversation:{problem}"] += 1
         else:
-            raise DropConversation(f"conversation_{rejected[-1]}")
+            raise DropConversation(f"conversation_{rejected[-1]}", Rejection(self.name, rejected[-1], draft[:300]))
         metadata = self.provenance(result, attempts=attempt)
         if rejected:
             metadata["rejected"] = rejected

@@ -27,7 +27,6 @@ from fms_dgt.config import ConfigModel, LMStageOptions, require_unique
 from fms_dgt.conversation import Conversation, FlowControllerStep
 from fms_dgt.errors import StructuredOutputError
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
-from fms_dgt.stages.text import transcript
 
 SYSTEM = (
     "You direct a conversation between a user and an AI assistant. You decide what kind of "
@@ -81,7 +80,13 @@ class FlowControllerOptions(LMStageOptions):
             )
         return value
 
+    def weight_shares(self) -> dict[str, float]:
+        """Each pattern's share of the total weight (what the draws should follow)."""
+        total = sum(p.weight for p in self.patterns)
+        return {p.name: p.weight / total for p in self.patterns}
 
+
+NOT_STARTED = "(The conversation has not started yet.)"
 FOCUS_REQUEST = (
     "the specific thing the user's next message should be about, in 3 to 10 words, taken from"
     " the scenario or the conversation: a topic, not a sentence or a question."
@@ -157,8 +162,7 @@ class FlowControllerStage(LMStage):
     def setup(self) -> None:
         self.by_name = {p.name: p for p in self.options.patterns}
         self.terminal = set(self.options.termination_patterns)
-        total = sum(p.weight for p in self.options.patterns)
-        self.share = {p.name: p.weight / total for p in self.options.patterns}
+        self.share = self.options.weight_shares()
         # Moves drawn by weight so far (not fixed as opening or closing), for the deficit.
         self.drawn: Counter[str] = Counter()
         self.draws = 0
@@ -184,7 +188,7 @@ class FlowControllerStage(LMStage):
         if self.terminal and self.options.close_at_max_turns and ctx.turn >= ctx.max_turns - 1:
             return [p for p in patterns if p.name in self.terminal], "closing"
         ends_early = ctx.exact_turns and ctx.turn + 1 < ctx.max_turns
-        if ctx.turn + 1 < self.resources.task.min_turns or ends_early:
+        if ctx.turn + 1 < ctx.min_turns or ends_early:
             # Ending now would leave fewer exchanges than needed (min_turns, or the exact
             # requested length): not an option yet.
             patterns = [p for p in patterns if p.name not in self.terminal]
@@ -196,7 +200,7 @@ class FlowControllerStage(LMStage):
         extra = f"{extra}\n\n" if extra else ""
         return (
             f"Scenario: {conv.scenario or '(none)'}\n\n{extra}"
-            f"Conversation so far:\n{transcript(conv)}\n\n"
+            f"Conversation so far:\n{conv.transcript(last=8, max_chars=400) or NOT_STARTED}\n\n"
             f"The next user message starts exchange {ctx.turn + 1} of"
             f" {'exactly' if ctx.exact_turns else 'at most'} {ctx.max_turns}.\n"
             f"Moves used so far: {', '.join(used) if used else 'none'}."

@@ -17,7 +17,7 @@ from fms_dgt.config import ConfigModel, LMStageOptions, attribute_name, require_
 from fms_dgt.conversation import Conversation, JudgeScore, JudgeStep
 from fms_dgt.errors import StructuredOutputError
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.templates import render, render_text
+from fms_dgt.templates import render
 
 SYSTEM = (
     "You are a careful, impartial judge of conversations between a user and an AI assistant."
@@ -104,7 +104,7 @@ class JudgeStage(LMStage):
         extra = self.instructions(conv)
         if extra:
             parts.append(extra)
-        parts.append(f"{what[0].upper()}{what[1:]}:\n" + render_text(conv, roles))
+        parts.append(f"{what[0].upper()}{what[1:]}:\n" + conv.transcript(roles))
         parts.append(
             "Reply in JSON with one entry per rubric name, each with a short \"reasoning\" and its"
             ' "score" (one of the listed numbers).'

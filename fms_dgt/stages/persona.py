@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -55,7 +54,6 @@ def render_persona(persona: Persona) -> str:
 
 class PersonaOptions(StageOptions):
     persona_store: DatastoreConfig = Field(description="JSONL file of personas (`role` required).")
-    target: Literal["user"] = "user"
     cover_file: bool = Field(
         True,
         description="Use every persona of the file once before any repeats (without replacement per"

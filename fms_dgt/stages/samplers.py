@@ -7,15 +7,14 @@ Each writes one named value into ``conversation.attributes``, where templates (`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from fms_dgt.config import StageOptions, attribute_name
+from fms_dgt.config import StageOptions, StageProblem, Value, attribute_name
 from fms_dgt.conversation import Conversation
 from fms_dgt.stages.base import ConversationContext, DropConversation, Stage, register_stage
-
-Value = str | int | float | bool
 
 
 class SamplerOptions(StageOptions):
@@ -42,11 +41,13 @@ class CategoryOptions(SamplerOptions):
             raise ValueError("values has duplicates")
         return self
 
-    def distribution(self) -> dict[Value, float]:
-        """Each value's expected share, for the analysis report."""
+    def possible_values(self) -> Sequence[Value]:
+        return self.values
+
+    def shares(self, earlier: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         weights = self.weights or [1.0] * len(self.values)
         total = sum(weights)
-        return {v: w / total for v, w in zip(self.values, weights)}
+        return {str(v): w / total for v, w in zip(self.values, weights)}
 
 
 @register_stage("sample/category")
@@ -70,6 +71,31 @@ class SubcategoryOptions(SamplerOptions):
         if empty:
             raise ValueError(f"no subcategories for {', '.join(map(repr, empty))}")
         return values
+
+    def problems(self, writers: Mapping[str, StageOptions]) -> list[StageProblem]:
+        parent = writers.get(self.parent)
+        if parent is None:
+            return [(("parent",), f"no earlier stage writes the attribute {self.parent!r}")]
+        known = parent.possible_values()
+        missing = [str(v) for v in known or () if str(v) not in self.values]
+        if missing:
+            return [(("values",), f"no subcategories for {self.parent} = {', '.join(missing)}")]
+        return []
+
+    def possible_values(self) -> Sequence[Value]:
+        return list(dict.fromkeys(v for subs in self.values.values() for v in subs))
+
+    def shares(self, earlier: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
+        """Uniform within the parent value's list, weighted by the parent's own shares."""
+        parent = earlier.get(self.parent)
+        if parent is None:
+            return None
+        expected: dict[str, float] = {}
+        for value, share in parent.items():
+            subs = self.values.get(value, [])
+            for sub in subs:
+                expected[str(sub)] = expected.get(str(sub), 0.0) + share / len(subs)
+        return expected
 
 
 @register_stage("sample/subcategory")
@@ -100,6 +126,12 @@ class UniformOptions(SamplerOptions):
             raise ValueError("with integer: true, low and high must be whole numbers")
         return self
 
+    def possible_values(self) -> Sequence[Value] | None:
+        return range(int(self.low), int(self.high) + 1) if self.integer else None
+
+    def numeric(self) -> bool:
+        return True
+
 
 @register_stage("sample/uniform")
 class UniformSampler(Stage):
@@ -124,6 +156,14 @@ class GaussianOptions(SamplerOptions):
         if self.min is not None and self.max is not None and self.max < self.min:
             raise ValueError(f"max ({self.max:g}) is below min ({self.min:g})")
         return self
+
+    def possible_values(self) -> Sequence[Value] | None:
+        if not self.integer or self.min is None or self.max is None:
+            return None
+        return range(round(self.min), round(self.max) + 1)
+
+    def numeric(self) -> bool:
+        return True
 
 
 @register_stage("sample/gaussian")

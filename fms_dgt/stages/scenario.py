@@ -6,7 +6,7 @@ from pydantic import Field
 
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, ScenarioStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
 from fms_dgt.stages.text import clean_reply, first_sentences, with_article, words
 
 SYSTEM = (
@@ -58,22 +58,34 @@ class ScenarioStage(LMStage):
     @staticmethod
     def acceptable(text: str, conv: Conversation) -> bool:
         """Long enough, not a dialogue, and about the sampled persona (names its role)."""
-        if len(text) < 20 or '"' in text or ":" in text[:40]:
-            return False
+        return ScenarioStage.rejection(text, conv) is None
+
+    @staticmethod
+    def rejection(text: str, conv: Conversation) -> str | None:
+        """Why ``text`` is not a usable scenario, or None if it is."""
+        if len(text) < 20:
+            return "too_short"
+        if '"' in text or ":" in text[:40]:
+            return "dialogue"
         persona = conv.persona
         if persona is None:
-            return True
+            return None
         role_words = {w for w in words(persona.persona.role) if len(w) > 3} or set(words(persona.persona.role))
-        return bool(role_words & set(words(text)))
+        return None if role_words & set(words(text)) else "role_not_named"
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         messages = self.prompt(conv, ctx)
+        rejected: list[dict[str, str]] = []
         for attempt in range(1, self.options.max_attempts + 1):
             result = await self.chat(ctx, messages)
             text = first_sentences(clean_reply(result.text).split("\n")[0], 3)
-            if self.acceptable(text, conv):
-                conv.steps.append(
-                    ScenarioStep(content=text, stage_name=self.name, metadata=self.provenance(result, attempts=attempt))
-                )
+            reason = self.rejection(text, conv)
+            if reason is None:
+                metadata = self.provenance(result, attempts=attempt)
+                if rejected:
+                    metadata["rejected"] = rejected
+                conv.steps.append(ScenarioStep(content=text, stage_name=self.name, metadata=metadata))
                 return
-        raise DropConversation("scenario_empty")
+            self.resources.stats.rejected_drafts[f"scenario:{reason}"] += 1
+            rejected.append({"reason": reason, "text": text[:300]})
+        raise DropConversation("scenario_empty", Rejection(self.name, rejected[-1]["reason"], rejected[-1]["text"]))

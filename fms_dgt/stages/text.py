@@ -1,10 +1,9 @@
-"""Small text helpers shared by the LM stages: cleaning replies and rendering transcripts."""
+"""Small text helpers shared by the LM stages: cleaning replies, comparing texts."""
 
 from __future__ import annotations
 
 import re
 
-from fms_dgt.conversation import Conversation
 
 _LABEL = re.compile(
     r"^\s*(?:\*\*|__)?(?:user|assistant|ai|me|human|you|scenario|message|response|reply)"
@@ -48,20 +47,6 @@ def trim_unfinished(text: str) -> str:
     if text.endswith((".", "!", "?")) or cut < 0:
         return text
     return text[: cut + 1]
-
-
-def transcript(conv: Conversation, *, max_messages: int = 8, max_chars: int = 400) -> str:
-    """The recent visible chat as 'User: ...' / 'Assistant: ...' lines, for controller prompts."""
-    messages = [m for m in conv.messages() if m["role"] != "system"][-max_messages:]
-    if not messages:
-        return "(The conversation has not started yet.)"
-    lines = []
-    for message in messages:
-        content = " ".join(message["content"].split())
-        if len(content) > max_chars:
-            content = content[: max_chars - 3] + "..."
-        lines.append(f"{message['role'].capitalize()}: {content}")
-    return "\n".join(lines)
 
 
 def words(text: str) -> list[str]:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
 from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_run, with_article
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
@@ -189,4 +189,5 @@ class UserStage(LMStage):
                 return
             self.resources.stats.rejected_drafts[f"user:{reason}"] += 1
             rejected.append({"reason": reason, "text": draft[:300]})
-        raise DropConversation(f"user_{rejected[-1]['reason']}")
+        last = rejected[-1]
+        raise DropConversation(f"user_{last['reason']}", Rejection(self.name, last["reason"], last["text"]))
