@@ -6,7 +6,7 @@ Two conversations are near-duplicates when the estimated Jaccard similarity of t
 constant time per conversation, and each candidate is confirmed on its MinHash estimate, so a
 run of any size checks every new conversation against every kept one, including those an
 earlier run wrote (indexed at start), without keeping their texts: each kept conversation costs
-one signature of ``NUM_PERM`` hash values plus its LSH bands in memory (about 1-2 KB).
+one signature of ``NUM_PERM`` hash values plus its LSH bands in memory (about 4 KB).
 """
 
 from __future__ import annotations
