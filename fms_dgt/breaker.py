@@ -18,14 +18,11 @@ chance. ``min_attempts`` is a floor on the sample for users who raise ``min_keep
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from fms_dgt.errors import DgtError
 from fms_dgt.stages.base import Rejection
 from fms_dgt.stats import RunStats
-
-if TYPE_CHECKING:
-    from fms_dgt.runner import Outcome
 
 Z = 2.576  # 99 % two-sided normal quantile
 TOP_REASONS = 3
@@ -46,6 +43,14 @@ _ADVICE = {
     "engine": "LM calls fail: check the server and the engine errors logged above",
     "target": "target_turns cannot be met: check the attribute that sets the length",
 }
+
+
+class Finished(Protocol):
+    """What the breaker reads of a finished conversation (the runner's ``Outcome``)."""
+
+    conv: Any  # the conversation if it was kept, else None
+    rejected: Rejection | None
+    engine_error: Exception | None
 
 
 class KeepRateTooLow(DgtError):
@@ -72,7 +77,7 @@ class KeepRateBreaker:
         self.example: Rejection | None = None  # the latest rejection seen on a dropped conversation
         self.engine_error: str | None = None
 
-    def observe(self, outcome: Outcome) -> None:
+    def observe(self, outcome: Finished) -> None:
         """Remember what the latest dropped conversation was dropped for (the message's example)."""
         if outcome.conv is not None:
             return

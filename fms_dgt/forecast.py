@@ -160,7 +160,7 @@ def format_quantity(name: str, value: float) -> str:
 
 def format_count(value: float) -> str:
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= size:
+        if value >= size * 0.9995:  # 999,600 is "1M", not "1e+03k"
             return f"{value / size:.3g}{suffix}"
     return f"{value:.0f}"
 

@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from fms_dgt.breaker import KeepRateBreaker
+from fms_dgt.breaker import Finished, KeepRateBreaker
 from fms_dgt.budget import Budget
 from fms_dgt.config import LimitsConfig
 from fms_dgt.errors import ConfigError, Problem
@@ -24,8 +24,13 @@ from fms_dgt.forecast import Forecast, Projection, describe
 from fms_dgt.spend import Spend
 from fms_dgt.stats import RunStats
 
-if TYPE_CHECKING:
-    from fms_dgt.runner import Outcome
+
+
+class Outcome(Finished, Protocol):
+    """What the guard reads of a finished conversation (the runner's ``Outcome``)."""
+
+    attempt: int
+    spend: Spend | None
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class LimitOverrides:
 
     def apply(self, limits: LimitsConfig) -> LimitsConfig:
         changed = {k: v for k, v in self.__dict__.items() if v is not None}
-        return limits.model_copy(update=changed) if changed else limits
+        return LimitsConfig.model_validate({**limits.model_dump(), **changed}) if changed else limits
 
 
 class RunGuard:
