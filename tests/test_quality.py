@@ -72,7 +72,8 @@ def test_good_conversations_pass() -> None:
         (chat(("are chess matches good for kids?", "Chess matches are a great way for kids to learn about the game and"
                " improve their skills. It is a fun way to spend time with family."),
               ("do kids need a coach?", "Not at first: books and apps are enough for beginners."),
-              ("Exactly right! Chess matches are a great way for kids to learn about the game and improve their skills.",
+              ("Exactly right! Chess matches are a great way for kids to learn about the game and improve"
+               " their skills.",
                "Indeed."), closing=False), "user_echoes_assistant"),
         # the assistant answers a goodbye by repeating it word for word
         (chat(*GOOD[:2], ("Thanks so much, I will try the copper spray tomorrow morning!",
@@ -82,7 +83,8 @@ def test_good_conversations_pass() -> None:
          "assistant_repeats_itself"),
         # conversations whose closing says nothing
         (chat(*GOOD[:2], ("Goodbye.", "Goodbye! If you have any other questions, feel free to ask.")), "empty_closing"),
-        (chat(*GOOD[:2], ("Thank you so much for your help, have a great day!", "You too, take care!")), "empty_closing"),
+        (chat(*GOOD[:2], ("Thank you so much for your help, have a great day!", "You too, take care!")),
+         "empty_closing"),
     ],
     ids=["no-messages", "empty-reply", "cut-off", "user-voice", "user-repeat", "user-echo", "assistant-copies-user",
          "assistant-repeat", "goodbye-only", "thanks-only"],
@@ -154,7 +156,8 @@ class DuplicatingResponder:
 
 def make_runner(tmp_path: Path, engine: ScriptedEngine, n: int, **task: Any) -> Runner:
     path = write_task(tmp_path, task_dict(tmp_path, **task))
-    runner = Runner(load_task(path), RunOptions(n, tmp_path / "out", seed=3, progress=False), engines={"default": engine})
+    options = RunOptions(n, tmp_path / "out", seed=3, progress=False)
+    runner = Runner(load_task(path), options, engines={"default": engine})
     runner.concurrency = 1  # one conversation at a time, so the responder knows which one it writes
     return runner
 
@@ -204,7 +207,8 @@ async def test_a_run_the_gate_rejects_entirely_is_stopped_by_the_keep_rate_break
 @pytest.mark.parametrize(
     ("quality", "message"),
     [
-        ({"near_duplicate_threshold": 1.5}, "quality.near_duplicate_threshold: Input should be less than or equal to 1"),
+        ({"near_duplicate_threshold": 1.5},
+         "quality.near_duplicate_threshold: Input should be less than or equal to 1"),
         ({"near_duplicate_threshold": 0}, "quality.near_duplicate_threshold: Input should be greater than 0"),
         ({"near_duplicate": 0.8}, "quality.near_duplicate: unknown key"),
     ],
