@@ -29,6 +29,7 @@ SUMMARY = "run_summary.json"
 TASK_SNAPSHOT = "task.json"
 # Derived files, rewritten by every run, deleted by --restart.
 REPORTS = ("report.json", "report.md", "report.png")
+VIEWER = "viewer.html"
 LOCK = ".lock"
 
 
@@ -59,7 +60,7 @@ class OutputStore:
             raise ConfigError(Problem(f"cannot write the output folder: {exc.strerror}", file=self.dir)) from None
         try:
             if restart:
-                derived = [self.dir / name for name in (TASK_SNAPSHOT, *REPORTS)]
+                derived = [self.dir / name for name in (TASK_SNAPSHOT, *REPORTS, VIEWER)]
                 for path in (self.final_path, self.formatted_path, self.summary_path, *derived):
                     path.unlink(missing_ok=True)
             existing = self._load_existing()

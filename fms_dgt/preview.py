@@ -57,7 +57,8 @@ class Printer:
 
     def step(self, step: Step, turn: int) -> None:
         meta = step.metadata
-        cost = f" ({meta['completion_tokens']} tokens, attempt {meta.get('attempts', 1)})" if "completion_tokens" in meta else ""
+        cost = (f" ({meta.get('prompt_tokens', 0)} prompt + {meta['completion_tokens']} tokens,"
+                f" attempt {meta.get('attempts', 1)})" if "completion_tokens" in meta else "")
         if isinstance(step, PersonaStep):
             self.line("persona  ", step.content, label_styles=("bold", "magenta"))
         elif isinstance(step, ScenarioStep):

@@ -52,8 +52,11 @@ def plan(task: Task, runner: Runner, num_outputs: int) -> str:
     out = [f"{config.task_name} ({task.path}): valid"]
     final = runner.store.dir / FINAL
     have = sum(1 for line in final.read_text(encoding="utf-8").splitlines() if line.strip()) if final.is_file() else 0
-    out.append(f"  output: {runner.store.dir} ({have} conversations already there; a run of N={num_outputs}"
-               f" would generate {max(0, num_outputs - have)}, or {num_outputs} with --restart)")
+    if have:
+        out.append(f"  output: {runner.store.dir} ({have} conversations already there; a run of N={num_outputs}"
+                   f" would generate {max(0, num_outputs - have)}, or {num_outputs} with --restart)")
+    else:
+        out.append(f"  output: {runner.store.dir} (empty; a run of N={num_outputs} would generate {num_outputs})")
     for name, engine in runner.engines.items():
         info = engine.describe()
         url = f" at {info['base_url']}" if info.get("base_url") else ""

@@ -18,10 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fms_dgt.output import FINAL, SUMMARY, TASK_SNAPSHOT
+from fms_dgt.output import FINAL, SUMMARY, TASK_SNAPSHOT, VIEWER
 from fms_dgt.report import REPORT_JSON, build_report
 
-VIEWER = "viewer.html"
 _PLACEHOLDER = "/*__DGT_DATA__*/"
 
 

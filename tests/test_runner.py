@@ -182,8 +182,13 @@ async def test_nothing_to_do_when_already_complete(tmp_path: Path) -> None:
 
 
 async def test_restart_starts_clean(tmp_path: Path) -> None:
-    await make_runner(tmp_path, ScriptedEngine(responder=ChitChatResponder()), 3).run()
-    result = await make_runner(tmp_path, ScriptedEngine(responder=ChitChatResponder()), 1, restart=True).run()
+    first = await make_runner(tmp_path, ScriptedEngine(responder=ChitChatResponder()), 3).run()
+    assert (first.output_dir / "viewer.html").exists()
+    runner = make_runner(tmp_path, ScriptedEngine(responder=ChitChatResponder()), 1, restart=True)
+    runner.store.open(restart=True)  # what a restarted run deletes before it generates anything
+    assert not (first.output_dir / "viewer.html").exists() and not (first.output_dir / "report.md").exists()
+    runner.store.close()
+    result = await runner.run()
     assert len(read_jsonl(result.output_dir / "final_data.jsonl")) == 1
 
 
