@@ -214,6 +214,18 @@ class TargetTurns(ConfigModel):
         return count
 
 
+class QualityConfig(ConfigModel):
+    """The conversation-level gate applied before a conversation is kept (see fms_dgt/quality.py)."""
+
+    near_duplicate_threshold: float | None = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Reject a conversation whose estimated Jaccard similarity (word 3-grams of the"
+        " chat, MinHash) to one already kept is at least this; null turns the check off.",
+    )
+
+
 class LimitsConfig(ConfigModel):
     """When a run stops by itself: the keep-rate breaker and the per-run budgets (``limits:``)."""
 

@@ -6,8 +6,10 @@ Reads ``final_data.jsonl`` (and ``task.json`` and ``run_summary.json`` beside it
 - each sampled attribute's distribution against the configured weights;
 - requested against achieved exchanges (exact-match rate) and the exchanges' distribution;
 - flow-controller pattern frequencies against the patterns' weights (openings and forced
-  closings apart);
-- persona coverage; judge score histograms; tokens per conversation; drops by reason;
+  closings apart), and how often the LM allowed each pattern when it was offered (a warning
+  when a weighted pattern never was);
+- persona coverage; judge score histograms; tokens per conversation; drops by reason, and the
+  conversations the quality gate rejected (near-duplicates among them);
 - lexical diversity: distinct-1/2 over user and over assistant messages, and the share of
   messages that exactly duplicate another.
 
@@ -185,6 +187,8 @@ def build_report(folder: Path) -> dict[str, Any]:
     judged: dict[str, Counter[int]] = defaultdict(Counter)
     patterns: Counter[str] = Counter()
     free_patterns: Counter[str] = Counter()  # drawn by weight, not fixed as opening or closing
+    offered: Counter[str] = Counter()  # times the LM was asked whether the pattern fits
+    allowed: Counter[str] = Counter()  # times it said yes
     personas: Counter[str] = Counter()
     turns: Counter[int] = Counter()
     by_target: dict[int, Counter[int]] = defaultdict(Counter)
@@ -204,6 +208,9 @@ def build_report(folder: Path) -> dict[str, Any]:
                 patterns[step.pattern] += 1
                 if not step.metadata.get("fixed_by"):
                     free_patterns[step.pattern] += 1
+                if step.metadata.get("offered") and step.fallback != "invalid_eligibility_json":
+                    offered.update(step.metadata["offered"])
+                    allowed.update(set(step.eligible_patterns))
             elif step.role == "persona":
                 personas[step.persona.model_dump_json()] += 1
             elif step.role == "judge":
@@ -249,6 +256,12 @@ def build_report(folder: Path) -> dict[str, Any]:
     pattern_weights = _pattern_weights(task) if task is not None else {}
     persona_total = _persona_file_size(task) if task is not None else None
     observed_patterns = _shares(free_patterns)
+    allowed_rate = {name: round(allowed[name] / n, 4) for name, n in offered.items()}
+    never_allowed = [n for n, w in pattern_weights.items() if w > 0 and offered[n] and not allowed[n]]
+    for name in never_allowed:
+        logger.warning("pattern %s has weight %s but the LM never allowed it (offered %d times)",
+                       name, pattern_weights[name], offered[name])
+    dropped = summary.get("dropped", {})
     report: dict[str, Any] = {
         "folder": str(folder),
         "conversations": count,
@@ -273,6 +286,10 @@ def build_report(folder: Path) -> dict[str, Any]:
             "observed": observed_patterns,
             "weight_share": pattern_weights,
             "max_abs_gap": _max_gap(observed_patterns, pattern_weights) if pattern_weights and free_patterns else None,
+            "offered": dict(offered.most_common()),
+            "allowed": {name: allowed[name] for name in offered},
+            "allowed_rate": allowed_rate,
+            "never_allowed": never_allowed,
         },
         "personas": {
             "distinct_used": len(personas),
@@ -289,8 +306,13 @@ def build_report(folder: Path) -> dict[str, Any]:
         "tokens_per_conversation": _stats(tokens),
         "drops": {
             "note": "from run_summary.json: the last run only",
-            "dropped": summary.get("dropped", {}),
+            "dropped": dropped,
             "rescued": summary.get("rescued", {}),
+        },
+        "quality_gate": {
+            "note": "conversations rejected before being kept, from run_summary.json: the last run only",
+            "rejected": {k.removeprefix("gate:"): v for k, v in dropped.items() if k.startswith("gate:")},
+            "near_duplicates": dropped.get("gate:near_duplicate", 0),
         },
         "diversity": {role: counter.result() for role, counter in texts.items()},
         "cost": summary.get("cost"),  # None unless an engine has a price
@@ -366,14 +388,23 @@ def to_markdown(report: dict[str, Any]) -> str:
     patterns = report["patterns"]
     if patterns["counts"]:
         out += ["## Flow-controller patterns", "",
-                "*Drawn* counts exclude moves fixed as the opening or the closing one; they are drawn by weight"
-                " among the patterns the LM judged to fit, so their shares may differ from the weights.", ""]
+                "*Drawn* counts exclude moves fixed as the opening or the closing one; they are drawn among the"
+                " patterns the LM judged to fit, by weight corrected for each pattern's deficit so far.", ""]
         keys = list(dict.fromkeys([*patterns["weight_share"], *patterns["counts"]]))
+        offered, rate = patterns.get("offered", {}), patterns.get("allowed_rate", {})
         out += [_table(
             [[k, patterns["counts"].get(k, 0), patterns["drawn_by_weight"].get(k, 0),
-              _pct(patterns["observed"].get(k, 0.0)), _pct(patterns["weight_share"].get(k))] for k in keys],
-            ["pattern", "all", "drawn", "drawn share", "weight share"],
+              _pct(patterns["observed"].get(k, 0.0)), _pct(patterns["weight_share"].get(k)),
+              f"{patterns['allowed'][k]}/{offered[k]}" if k in offered else "", _pct(rate.get(k))] for k in keys],
+            ["pattern", "all", "drawn", "drawn share", "weight share", "allowed/offered", "allowed rate"],
         ), ""]
+        if patterns.get("max_abs_gap") is not None:
+            out += [f"Largest gap between drawn and weight share: {_pct(patterns['max_abs_gap'])}."
+                    " *Allowed rate*: how often the LM judged the pattern to fit when it was offered.", ""]
+        out += [f"**Warning**: `{k}` has a weight but the LM never allowed it ({offered[k]} times offered)."
+                for k in patterns.get("never_allowed", [])]
+        if patterns.get("never_allowed"):
+            out.append("")
     personas = report["personas"]
     if personas["distinct_used"]:
         out += ["## Personas", "", f"{personas['distinct_used']} distinct personas used"
@@ -391,6 +422,12 @@ def to_markdown(report: dict[str, Any]) -> str:
             [[k, v, "dropped"] for k, v in drops["dropped"].items()] + [[k, v, "rescued"] for k, v in drops["rescued"].items()],
             ["reason", "count", "outcome"],
         ), ""]
+    gate = report["quality_gate"]
+    if gate["rejected"]:
+        out += ["## Quality gate (last run)", "",
+                f"{sum(gate['rejected'].values())} conversations rejected before being kept,"
+                f" {gate['near_duplicates']} of them as near-duplicates.", "",
+                _table([[k, v] for k, v in gate["rejected"].items()], ["reason", "conversations"]), ""]
     cost = report.get("cost")
     if cost:
         per_kept = cost["per_kept_conversation"]

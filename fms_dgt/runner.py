@@ -32,6 +32,7 @@ from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
 from fms_dgt.progress import Progress
+from fms_dgt.quality import ConversationGate
 from fms_dgt.report import write_report
 from fms_dgt.spend import Spend, track
 from fms_dgt.stages import STAGES, DropConversation, Stage
@@ -132,7 +133,9 @@ class Runner:
     async def _conversation(self, attempt: int) -> Outcome:
         rng, conversation_id = self._rng(attempt)
         conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(rng=rng, max_turns=self.config.max_turns, min_turns=self.config.min_turns)
+        ctx = ConversationContext(
+            rng=rng, max_turns=self.config.max_turns, min_turns=self.config.min_turns, attempt=attempt, seed=self.seed
+        )
         min_turns = self.config.min_turns
         target = self.config.target_turns
         try:
@@ -205,6 +208,8 @@ class Runner:
         )
         self.store.open(restart=self.options.restart)
         self.store.write_task(self.config.model_dump(mode="json"))
+        self.gate = ConversationGate(self.config.quality, self.stats)  # in the driver only
+        self.gate.index_existing(self.store.final_path)
         before = self.store.count
         target = self.options.num_outputs
         status, error = "completed", None
@@ -287,6 +292,9 @@ class Runner:
                         continue
                     consecutive_failures = 0
                     conv = outcome.conv
+                    if self.gate.rejects(conv):  # conversation-level checks, near-duplicates
+                        outcome.conv = None  # not kept, for the guard's forecast too
+                        continue
                     self.store.append(conv)
                     self.pacer.kept()
                     self.stats.accepted += 1

@@ -28,6 +28,7 @@ from fms_dgt.config import (
     FormatterConfig,
     LimitsConfig,
     LMStageOptions,
+    QualityConfig,
     StageOptions,
     TargetTurns,
 )
@@ -91,6 +92,7 @@ class TaskConfig(ConfigModel):
     formatter: FormatterConfig = Field(default_factory=FormatterConfig)
     seed_datastore: DatastoreConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @model_validator(mode="before")
     @classmethod

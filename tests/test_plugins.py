@@ -31,6 +31,8 @@ def task(tmp_path: Path) -> Path:
         "max_turns": 2,
         "engines": {"default": {"type": "hello/echo", "prefix": "ECHO"}},
         "iteration_stages": [{"name": "hello/exchange", "opener": "hi"}],
+        # every conversation of this plugin is the same: keep them (the gate would reject copies)
+        "quality": {"near_duplicate_threshold": None},
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -16,7 +16,7 @@ from fms_dgt.conversation import (
     Persona,
     PersonaStep,
 )
-from fms_dgt.report import build_report, diversity, main
+from fms_dgt.report import build_report, diversity, main, to_markdown
 from fms_dgt.task import TaskConfig
 
 LONG = "You are a patient assistant for people who want help with their home network and devices."
@@ -150,3 +150,39 @@ def test_report_command_writes_its_files(folder: Path, capsys: pytest.CaptureFix
 def test_report_command_on_a_folder_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
     assert "no final_data.jsonl here" in capsys.readouterr().err
+
+
+def test_allowed_rates_and_never_allowed_patterns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    c = Conversation(task_name="t", conversation_id="c1", num_turns=3)
+    offered = {"offered": ["a", "b", "end"]}
+    c.steps += [
+        FlowControllerStep(content="a", pattern="a", hint="h", eligible_patterns=["a"], metadata={"fixed_by": "opening"}),
+        FlowControllerStep(content="a", pattern="a", hint="h", eligible_patterns=["a", "end"], metadata=offered),
+        FlowControllerStep(content="a", pattern="a", hint="h", eligible_patterns=["a"], metadata=offered),
+        # the LM's answer was unusable: every offered pattern counted eligible, which says nothing
+        FlowControllerStep(content="b", pattern="b", hint="h", eligible_patterns=["a", "b", "end"],
+                           fallback="invalid_eligibility_json", metadata=offered),
+    ]
+    (out / "final_data.jsonl").write_text(c.model_dump_json() + "\n")
+    patterns = [{"name": n, "description": n, "weight": w} for n, w in (("a", 2), ("b", 1), ("end", 1))]
+    task = {"task_name": "t", "iteration_stages": [{"name": "lm/flow_controller", "patterns": patterns}]}
+    (out / "task.json").write_text(json.dumps(TaskConfig.model_validate(task).model_dump(mode="json")))
+    (out / "run_summary.json").write_text(json.dumps({"dropped": {"gate:near_duplicate": 3, "gate:empty_closing": 1,
+                                                                  "user_empty": 2}}))
+    with caplog.at_level("WARNING"):
+        report = build_report(out)
+    patterns_report = report["patterns"]
+    assert patterns_report["offered"] == {"a": 2, "b": 2, "end": 2}
+    assert patterns_report["allowed"] == {"a": 2, "b": 0, "end": 1}
+    assert patterns_report["allowed_rate"] == {"a": 1.0, "b": 0.0, "end": 0.5}
+    assert patterns_report["never_allowed"] == ["b"]
+    assert "pattern b has weight 0.25 but the LM never allowed it (offered 2 times)" in caplog.text
+    assert report["quality_gate"]["rejected"] == {"near_duplicate": 3, "empty_closing": 1}
+    assert report["quality_gate"]["near_duplicates"] == 3
+    markdown = to_markdown(report)
+    assert "| a | 3 | 2 | 66.7 % | 50.0 % | 2/2 | 100.0 % |" in markdown
+    assert "| end | 0 | 0 | 0.0 % | 25.0 % | 1/2 | 50.0 % |" in markdown
+    assert "**Warning**: `b` has a weight but the LM never allowed it (2 times offered)." in markdown
+    assert "4 conversations rejected before being kept, 3 of them as near-duplicates." in markdown

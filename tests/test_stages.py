@@ -67,17 +67,42 @@ def test_render_persona_includes_traits_and_style() -> None:
     assert "Writing style: terse." in text
 
 
-async def test_persona_stage_samples_from_file(tmp_path: Path) -> None:
+async def draw_personas(stage: PersonaStage, attempts: range, seed: int = 5) -> list[str]:
+    roles = []
+    for attempt in attempts:
+        conv = Conversation(task_name="t", conversation_id=str(attempt))
+        await stage(conv, ConversationContext(rng=random.Random(attempt), max_turns=4, attempt=attempt, seed=seed))
+        roles.append(conv.persona.persona.role)  # type: ignore[union-attr]
+    return roles
+
+
+async def test_persona_draws_cover_the_file_before_repeating(tmp_path: Path) -> None:
     res = resources(tmp_path, ScriptedEngine())
+    (tmp_path / "personas.jsonl").write_text("".join(f'{{"role": "person {i}"}}\n' for i in range(24)))
     stage = PersonaStage(stage_options(res, "sample/persona"), res)
     stage.setup()
-    seen = Counter()
-    for seed in range(300):
-        conv = Conversation(task_name="t", conversation_id=str(seed))
-        await stage(conv, ConversationContext(rng=random.Random(seed), max_turns=4))
-        seen[conv.persona.persona.role] += 1  # type: ignore[union-attr]
+    roles = await draw_personas(stage, range(240))
+    # every cycle of 24 attempts uses each of the 24 personas once, in a new order each cycle
+    cycles = [roles[i : i + 24] for i in range(0, 240, 24)]
+    assert all(len(set(cycle)) == 24 for cycle in cycles)
+    assert len({tuple(cycle) for cycle in cycles}) == 10
+    # fixed by (seed, attempt): the same in any order of calls, another seed gives another order
+    assert await draw_personas(stage, range(239, -1, -1)) == roles[::-1]
+    assert await draw_personas(stage, range(24), seed=6) != roles[:24]
+
+
+async def test_persona_draws_with_replacement_when_asked(tmp_path: Path) -> None:
+    data = task_dict(tmp_path)
+    data["initialization_stages"][0]["cover_file"] = False
+    res = resources(tmp_path, ScriptedEngine(), initialization_stages=data["initialization_stages"])
+    stage = PersonaStage(stage_options(res, "sample/persona"), res)
+    stage.setup()
+    seen = Counter(await draw_personas(stage, range(300)))
     assert set(seen) == {"retired teacher", "night-shift nurse", "student"}
-    assert min(seen.values()) > 60
+    assert min(seen.values()) > 60 and max(seen.values()) != min(seen.values())
+    # independent draws: some window of 3 attempts repeats a persona
+    roles = await draw_personas(stage, range(30))
+    assert any(len(set(roles[i : i + 3])) < 3 for i in range(0, 30, 3))
 
 
 @pytest.mark.parametrize(
@@ -194,7 +219,9 @@ async def test_flow_controller_question_focus_falls_back_to_template(tmp_path: P
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     assert conv.steps[-1].hint == "Ask a follow-up."  # type: ignore[union-attr]
     assert conv.steps[-1].fallback == "focus_not_a_topic"  # type: ignore[union-attr]
-    assert conv.steps[-1].metadata == {"rejected_focus": "What kind of soil do you use?"}  # type: ignore[union-attr]
+    assert conv.steps[-1].metadata == {  # type: ignore[union-attr]
+        "rejected_focus": "What kind of soil do you use?", "offered": ["new_topic", "follow_up", "end"]
+    }
 
 
 @pytest.mark.parametrize(

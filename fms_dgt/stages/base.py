@@ -63,6 +63,10 @@ class ConversationContext:
     last_turn: bool = False
     # True when max_turns is this conversation's exact requested length (target_turns).
     exact_turns: bool = False
+    # The conversation's attempt number and the run's seed, for draws that must be spread over
+    # the whole run rather than per conversation (personas covering their file).
+    attempt: int = 0
+    seed: int = 0
 
 
 class Stage(ABC):

@@ -5,11 +5,19 @@ samples one by weight among those, and the LM names what, in this conversation, 
 hint should be applied to (its *focus*), which is appended to the hint.
 A termination pattern makes the coming exchange the last one, so the user's closing message and
 the assistant's reply follow its hint: the conversation never stops mid-air.
+
+Drawing each move by weight among the eligible patterns alone would let the LM's judgement
+skew the shares: a pattern that is eligible less often, or mostly beside heavy ones, falls
+behind its weight. So the draw is corrected by each pattern's deficit so far (its weight share
+of the draws made minus its draws), per stage instance: among the eligible patterns, those
+behind their share are drawn in proportion to how far behind they are. A pattern the LM never
+allows cannot catch up; the others then keep their relative weights.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -154,6 +162,22 @@ class FlowControllerStage(LMStage):
     def setup(self) -> None:
         self.by_name = {p.name: p for p in self.options.patterns}
         self.terminal = set(self.options.termination_patterns)
+        self.share = self.options.weight_shares()
+        # Moves drawn by weight so far (not fixed as opening or closing), for the deficit.
+        self.drawn: Counter[str] = Counter()
+        self.draws = 0
+
+    def draw(self, ctx: ConversationContext, candidates: list[Pattern]) -> Pattern:
+        """One of ``candidates``, corrected toward the weight shares over this stage's draws."""
+        deficit = {p.name: self.share[p.name] * (self.draws + 1) - self.drawn[p.name] for p in candidates}
+        behind = [p for p in candidates if deficit[p.name] > 0]
+        if behind:
+            chosen = ctx.rng.choices(behind, weights=[deficit[p.name] for p in behind])[0]
+        else:  # every eligible pattern is at or over its share: plain weights among them
+            chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
+        self.drawn[chosen.name] += 1
+        self.draws += 1
+        return chosen
 
     def offered(self, ctx: ConversationContext) -> tuple[list[Pattern], str | None]:
         """Patterns allowed for this exchange, and what fixed them without the LM's judgement
@@ -254,7 +278,8 @@ class FlowControllerStage(LMStage):
         offered, fixed_by = self.offered(ctx)
         eligible, reasoning, fallback = [p.name for p in offered], "", None
         focus: dict[str, str] | None = None
-        if fixed_by is None and len(offered) > 1:
+        judged = fixed_by is None and len(offered) > 1
+        if judged:
             if self.options.mode == "one_call":
                 eligible, reasoning, focus, fallback = await self.judge_with_focus(conv, ctx, offered)
             else:
@@ -263,7 +288,10 @@ class FlowControllerStage(LMStage):
         if not candidates:
             candidates = [p for p in offered if p.weight > 0] or offered
             fallback = fallback or "no_weighted_eligible"
-        chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
+        if fixed_by is None:
+            chosen = self.draw(ctx, candidates)
+        else:
+            chosen = ctx.rng.choices(candidates, weights=[p.weight or 1.0 for p in candidates])[0]
         if focus is not None and self.options.adapt_hints:
             if chosen.name in focus:
                 hint, hint_fallback, rejected_focus = focused_hint(self.template(chosen), focus[chosen.name])
@@ -288,7 +316,14 @@ class FlowControllerStage(LMStage):
                 reasoning=reasoning,
                 fallback=fallback,
                 metadata={
-                    k: v for k, v in (("fixed_by", fixed_by), ("rejected_focus", rejected_focus)) if v
+                    k: v
+                    for k, v in (
+                        ("fixed_by", fixed_by),
+                        ("rejected_focus", rejected_focus),
+                        # what the LM judged among, for the report's allowed rates
+                        ("offered", [p.name for p in offered] if judged else None),
+                    )
+                    if v
                 },
             )
         )

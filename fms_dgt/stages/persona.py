@@ -1,7 +1,14 @@
-"""``sample/persona``: draw a persona from a JSONL file and render it as text for the prompts."""
+"""``sample/persona``: draw a persona from a JSONL file and render it as text for the prompts.
+
+By default the draws cover the file before any persona repeats: attempt k of the run takes
+place ``k mod N`` in a permutation of the N personas, a new one every N attempts, seeded by the
+run's seed and the cycle. The persona of a conversation is then fixed by (seed, attempt), as its
+other draws are, whichever worker runs it and in whatever order.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from pydantic import Field
@@ -47,6 +54,11 @@ def render_persona(persona: Persona) -> str:
 
 class PersonaOptions(StageOptions):
     persona_store: DatastoreConfig = Field(description="JSONL file of personas (`role` required).")
+    cover_file: bool = Field(
+        True,
+        description="Use every persona of the file once before any repeats (without replacement per"
+        " cycle of N attempts); false draws each conversation's persona independently.",
+    )
 
 
 @register_stage("sample/persona")
@@ -56,9 +68,26 @@ class PersonaStage(Stage):
 
     def setup(self) -> None:
         self.personas = read_jsonl(Path(self.options.persona_store.data_path), Persona, what="persona")
+        # Conversations in flight straddle at most a few cycles: keep their permutations.
+        self._orders: dict[tuple[int, int], list[int]] = {}
+
+    def index(self, seed: int, attempt: int) -> int:
+        """The persona of attempt ``attempt``: its place in the permutation of its cycle."""
+        cycle, place = divmod(attempt, len(self.personas))
+        order = self._orders.get((seed, cycle))
+        if order is None:
+            order = list(range(len(self.personas)))
+            random.Random(f"{seed}:personas:{cycle}").shuffle(order)
+            if len(self._orders) >= 4:
+                del self._orders[next(iter(self._orders))]
+            self._orders[(seed, cycle)] = order
+        return order[place]
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
-        persona = ctx.rng.choice(self.personas)
+        if self.options.cover_file:
+            persona = self.personas[self.index(ctx.seed, ctx.attempt)]
+        else:
+            persona = ctx.rng.choice(self.personas)
         conv.steps.append(
             PersonaStep(content=render_persona(persona), stage_name=self.name, persona=persona)
         )
