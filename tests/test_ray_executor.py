@@ -98,7 +98,7 @@ def test_same_count_ids_and_schema_as_the_local_executor(
         # Same seed, no drops: the same attempts were kept, so the same conversation ids.
         assert {r["conversation_id"] for r in local} == {r["conversation_id"] for r in remote}
     executor = {k: v for k, v in summary["executor"].items() if k != "start_seconds"}
-    assert executor == {"type": "ray", "address": "local", "workers": 2,
+    assert executor == {"type": "ray", "address": "local", "workers": 2, "nodes": 1,
                         "conversations_per_worker": local_summary["concurrency"], "workers_lost": 0,
                         "conversations_resent": 0}
     assert summary["executor"]["start_seconds"] > 0
