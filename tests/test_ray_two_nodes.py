@@ -7,6 +7,7 @@ installed (``pip install 'fms_dgt[ray]'``)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,12 +37,48 @@ def two_nodes() -> Iterator[str]:
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={**common, "resources": {"node_a": 1}, "include_dashboard": False}
     )
+    started: set[int] = set()
     try:
         cluster.add_node(**common, resources={"node_b": 1})
         cluster.wait_for_nodes()
         yield cluster.address
     finally:
-        cluster.shutdown()  # stops every process of both nodes
+        nodes = [cluster.head_node, *cluster.worker_nodes]
+        roots = {info.process.pid for node in nodes for infos in node.all_processes.values() for info in infos}
+        assert len(roots) > 2, "cannot see the nodes' processes"  # raylets, GCS, agents, ...
+        started = descendants(roots)  # the nodes' processes, their workers and agents
+        cluster.shutdown()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and alive(started):
+        time.sleep(0.2)
+    assert not alive(started), f"Ray processes left running: {sorted(alive(started))}"
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """``roots`` and every process below them."""
+    table = _processes()
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {pid for pid, (parent, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    table = _processes()
+    return {pid for pid in pids if pid in table and table[pid][1] != "Z"}
 
 
 def test_workers_on_two_nodes_share_the_server_within_their_limits(
