@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import json
@@ -764,3 +765,34 @@ async def test_local_engine_smollm2_chat_and_structured(
         assert isinstance(structured.parsed, Topic)
     finally:
         await engine.aclose()
+
+
+# ---- OpenAI: connections -------------------------------------------------------------------------
+
+
+async def test_openai_keeps_one_connection_per_request_in_flight() -> None:
+    """Three waves of 20 concurrent calls reuse the first wave's 20 connections (none opened
+    per request), and every slot is free again between waves."""
+    async with LMServer(latency=0.05) as server:
+        engine = openai_engine(server)
+        for _ in range(3):
+            results = await asyncio.gather(*(engine.chat([{"role": "user", "content": "hi"}]) for _ in range(20)))
+            assert all(r.text for r in results)
+            assert len(engine._slots) == 20
+            assert len(server._writers) == 20  # connections the server holds open
+        await engine.aclose()
+        assert len(engine._slots) == 0
+
+
+def test_proxy_for_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fms_dgt.engines.connection_slots import proxy_for
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                 "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert proxy_for("https://api.example.com/v1") == "http://proxy:3128"
+    assert proxy_for("http://api.example.com/v1") is None
+    assert proxy_for("https://127.0.0.1:8000/v1") is None

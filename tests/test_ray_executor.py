@@ -100,7 +100,7 @@ def test_same_count_ids_and_schema_as_the_local_executor(
         # Same seed, no drops, no spares: the same attempts were kept, so the same conversation ids.
         assert {r["conversation_id"] for r in local} == {r["conversation_id"] for r in remote}
     executor = {k: v for k, v in summary["executor"].items() if k != "start_seconds"}
-    assert executor == {"type": "ray", "address": "local", "workers": 2,
+    assert executor == {"type": "ray", "address": "local", "workers": 2, "nodes": 1,
                         # auto limits: twice RAY_AUTO_GUESS per server (two servers)
                         "conversations_per_worker": CONVERSATIONS_PER_SLOT * RAY_AUTO_GUESS * 2, "workers_lost": 0,
                         "conversations_resent": 0}

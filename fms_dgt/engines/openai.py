@@ -9,13 +9,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
+from fms_dgt import __version__
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
+from fms_dgt.engines.connection_slots import ConnectionSlots
 from fms_dgt.engines.endpoints import Endpoint, Endpoints, check_endpoints
 from fms_dgt.errors import EngineError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-POOL_SIZE = 16
 
 
 class OpenAIConfig(EngineConfig):
@@ -57,47 +58,46 @@ class OpenAIEngine(Engine):
     Config = OpenAIConfig
     config: OpenAIConfig
 
-    def __init__(
-        self, name: str, config: OpenAIConfig, *, client: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, name: str, config: OpenAIConfig) -> None:
         super().__init__(name, config)
         urls = config.base_urls() or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
         self.endpoints = Endpoints(name, [url.rstrip("/") for url in urls])
-        self._clients: list[httpx.AsyncClient] = [client] if client is not None else []
-        self._owns_client = client is None
-        self._next = 0
+        self._slots = ConnectionSlots()
         self._json_mode = "json_schema" if config.json_mode == "auto" else config.json_mode
+        # Built once, not per request: URLs, headers and the timeouts httpx reads from each request.
+        self._chat_urls = {e.url: httpx.URL(f"{e.url}/chat/completions") for e in self.endpoints.all}
+        self._headers: list[tuple[str, str]] | None = None  # on the first request (see _base_headers)
+        self._timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)).as_dict()
 
     def environment_variables(self) -> list[str]:
         return [self.config.api_key_env, "OPENAI_BASE_URL"]
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """A client for the next request, round robin over a few small connection pools.
+    def _base_headers(self) -> list[tuple[str, str]]:
+        """Headers of every request; the key is read when the first request goes out (a Ray worker
+        sets the driver's environment variables after building its engines)."""
+        self._headers = [("Accept", "application/json"), ("User-Agent", f"fms_dgt/{__version__}")]
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            self._headers.append(("Authorization", f"Bearer {key}"))
+        return self._headers
 
-        httpcore's pool does work proportional to its connections on every request, so one pool
-        of hundreds of connections costs milliseconds of CPU per call; pools of at most
-        ``POOL_SIZE`` keep that flat however high ``max_concurrency`` goes. A pool serves every
-        endpoint (it keeps connections per host).
-        """
-        if not self._clients:
-            headers = {}
-            key = os.environ.get(self.config.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            pools = -(-self.capacity // POOL_SIZE)
-            tls = httpx.create_ssl_context()  # one for all pools: building one costs ~30 ms
-            self._clients = [
-                httpx.AsyncClient(
-                    headers=headers,
-                    verify=tls,
-                    timeout=httpx.Timeout(self.config.timeout, connect=min(10.0, self.config.timeout)),
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_SIZE),
-                )
-                for _ in range(pools)
-            ]
-        self._next = (self._next + 1) % len(self._clients)
-        return self._clients[self._next]
+    async def _request(
+        self, endpoint: Endpoint, method: str, url: httpx.URL, body: dict[str, Any] | None = None,
+        timeout: dict[str, float | None] | None = None,
+    ) -> httpx.Response:
+        """One request on a free connection of ``endpoint``, read to the end (see connection_slots)."""
+        headers = self._headers or self._base_headers()
+        content = None
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers = [*headers, ("Content-Type", "application/json")]
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": timeout or self._timeout}
+        )
+        async with self._slots.take(endpoint.url) as transport:
+            response = await transport.handle_async_request(request)
+            await response.aread()
+        return response
 
     def _body(
         self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
@@ -115,7 +115,7 @@ class OpenAIEngine(Engine):
 
     async def _post(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Response:
         try:
-            return await self.client.post(f"{endpoint.url}/chat/completions", json=body)
+            return await self._request(endpoint, "POST", self._chat_urls[endpoint.url], body)
         except httpx.TimeoutException:
             raise self.error(
                 f"no reply within {self.config.timeout:g} s", retryable=True, url=endpoint.name
@@ -166,7 +166,9 @@ class OpenAIEngine(Engine):
     async def _check_endpoint(self, endpoint: Endpoint) -> None:
         """Any HTTP answer from ``/models`` proves the server is up; a refused connection does not."""
         try:
-            response = await self.client.get(f"{endpoint.url}/models", timeout=10.0)
+            response = await self._request(
+                endpoint, "GET", httpx.URL(f"{endpoint.url}/models"), timeout=httpx.Timeout(10.0).as_dict()
+            )
         except httpx.TransportError as exc:
             raise self.error(
                 f"server unreachable ({type(exc).__name__}); is it running?", retryable=True, url=endpoint.name
@@ -179,7 +181,4 @@ class OpenAIEngine(Engine):
             )
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            for client in self._clients:
-                await client.aclose()
-            self._clients = []
+        await self._slots.aclose()

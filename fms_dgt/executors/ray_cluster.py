@@ -157,6 +157,7 @@ class RayExecutor(Executor):
         self.workers: list[_Worker] = []
         self.lost = 0  # workers that died
         self.resent = 0  # conversations sent again because their worker died
+        self.nodes: set[str] = set()  # Ray node ids the workers ran on
         self._connected = False
         self._actor_class: Any = None
         self.start_seconds = 0.0  # joining or starting the cluster, placing and starting the workers
@@ -230,8 +231,9 @@ class RayExecutor(Executor):
             )
         for worker, info in zip(self.workers, infos):
             worker.pid = info["pid"]
+            self.nodes.add(info["node"])
         self.start_seconds = time.perf_counter() - started
-        nodes = len({info["node"] for info in infos})
+        nodes = len(self.nodes)
         logger.info(
             "%d Ray workers ready on %d node%s in %.1f s, %d conversations in flight each",
             count, nodes, "s" if nodes > 1 else "", self.start_seconds, self.runner.concurrency,
@@ -286,7 +288,9 @@ class RayExecutor(Executor):
             actor = worker.actor
             worker.in_flight += 1
             try:
-                worker.pid = (await worker.ready)["pid"]
+                info = await worker.ready
+                worker.pid = info["pid"]
+                self.nodes.add(info["node"])  # a replacement may start on another node
                 ref = actor.run.remote(attempt)
                 try:
                     outcome, report = await ref
@@ -335,6 +339,7 @@ class RayExecutor(Executor):
             "type": "ray",
             "address": self.options.address or "local",
             "workers": len(self.workers),
+            "nodes": len(self.nodes),
             "conversations_per_worker": self.runner.concurrency,
             "workers_lost": self.lost,
             "conversations_resent": self.resent,
