@@ -229,7 +229,13 @@ class Engine(ABC):
     ) -> ChatResult:
         attempt_number = 0
         try:
-            async for attempt in retrying(self):
+            async for attempt in retrying(
+                self.name,
+                max_retries=self.config.max_retries,
+                retry_wait=self.config.retry_wait,
+                reasons=self.retry_reasons,
+                has_spare=self.endpoints.has_spare if self.endpoints is not None else None,
+            ):
                 with attempt:
                     attempt_number = attempt.retry_state.attempt_number
                     result = await self._gated_attempt(messages, json_schema, params)

@@ -19,13 +19,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from fms_dgt.errors import EngineError
 
-if TYPE_CHECKING:
-    from fms_dgt.engines.base import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +175,9 @@ class Endpoints:
 
 
 async def check_endpoints(
-    engine: Engine, endpoints: Endpoints, check_one: Callable[[Endpoint], Awaitable[None]]
+    endpoints: Endpoints,
+    check_one: Callable[[Endpoint], Awaitable[None]],
+    make_error: Callable[..., EngineError],
 ) -> None:
     """Check every endpoint at once. The engine can start if at least one answers: unreachable
     ones (``retryable`` errors) are named in a warning and rested, to be probed later. Any other
@@ -198,7 +197,7 @@ async def check_endpoints(
     if len(failures) == len(endpoints.all):
         if len(failures) == 1:
             raise failures[0][1]
-        raise engine.error(
+        raise make_error(
             "no endpoint reachable: " + "; ".join(f"{e.name}: {error.cause}" for e, error in failures),
             url=", ".join(e.name for e in endpoints.all),
         )

@@ -92,7 +92,7 @@ class OllamaEngine(Engine):
     async def check(self) -> None:
         """At least one endpoint must answer, and every one that answers must have the model."""
         assert self.endpoints is not None
-        await check_endpoints(self, self.endpoints, self._check_endpoint)
+        await check_endpoints(self.endpoints, self._check_endpoint, self.error)
 
     async def _check_endpoint(self, endpoint: Endpoint) -> None:
         """The server must answer and already have the model (we never pull)."""

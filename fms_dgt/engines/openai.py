@@ -161,7 +161,7 @@ class OpenAIEngine(Engine):
     async def check(self) -> None:
         """At least one endpoint must answer; see ``check_endpoints``."""
         assert self.endpoints is not None
-        await check_endpoints(self, self.endpoints, self._check_endpoint)
+        await check_endpoints(self.endpoints, self._check_endpoint, self.error)
 
     async def _check_endpoint(self, endpoint: Endpoint) -> None:
         """Any HTTP answer from ``/models`` proves the server is up; a refused connection does not."""

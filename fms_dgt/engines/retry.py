@@ -5,7 +5,8 @@ With several endpoints, a retry goes at once to another endpoint that answers, w
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable
 
 from tenacity import (
     AsyncRetrying,
@@ -17,9 +18,6 @@ from tenacity import (
 
 from fms_dgt.errors import EngineError
 
-if TYPE_CHECKING:
-    from fms_dgt.engines.base import Engine
-
 logger = logging.getLogger(__name__)
 
 # A server asking for more than this is treated as asking for this; a run should not stall for hours.
@@ -30,13 +28,22 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, EngineError) and exc.retryable
 
 
-def retrying(engine: Engine) -> AsyncRetrying:
-    """Build the retry loop for one call on ``engine`` (waits scale with its ``retry_wait``)."""
-    base_wait = engine.config.retry_wait
+def retrying(
+    engine: str,
+    *,
+    max_retries: int,
+    retry_wait: float,
+    reasons: Counter[str],
+    has_spare: Callable[[], bool] | None = None,
+) -> AsyncRetrying:
+    """Build the retry loop for one call on the engine named ``engine``: waits scale with
+    ``retry_wait``, each retry is counted by cause in ``reasons``, and when ``has_spare`` says
+    another endpoint answers, a retry goes there at once."""
+    base_wait = retry_wait
     backoff = wait_exponential_jitter(multiplier=base_wait, max=30 * base_wait + 1e-9, jitter=base_wait)
 
     def wait(state: RetryCallState) -> float:
-        if engine.endpoints is not None and engine.endpoints.has_spare():
+        if has_spare is not None and has_spare():
             return 0.0  # the failed endpoint is resting; another one answers: go there now
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, EngineError) and exc.retry_after is not None:
@@ -46,17 +53,17 @@ def retrying(engine: Engine) -> AsyncRetrying:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         cause = exc.cause if isinstance(exc, EngineError) else repr(exc)
-        engine.retry_reasons[_reason(cause)] += 1
+        reasons[_reason(cause)] += 1
         logger.warning(
             "engine %s: attempt %d failed (%s); retrying in %.1f s",
-            engine.name,
+            engine,
             state.attempt_number,
             cause,
             state.upcoming_sleep,
         )
 
     return AsyncRetrying(
-        stop=stop_after_attempt(engine.config.max_retries + 1),
+        stop=stop_after_attempt(max_retries + 1),
         wait=wait,
         retry=retry_if_exception(_is_retryable),
         before_sleep=before_sleep,
