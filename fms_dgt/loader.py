@@ -222,9 +222,10 @@ def load_task(path: Path | str, override: EngineOverride | None = None) -> Task:
                 continue
             options = builder.model(cls.Options, item, loc)
             stages[field].append(options)
-            if isinstance(options, LMStageOptions) and options.engine not in engines_raw:
-                known = ", ".join(map(str, engines_raw)) if isinstance(engines_raw, dict) else ""
-                builder.problem(loc + ("engine",), f"no engine named {options.engine!r} under `engines:` (known: {known})")
+            for key, engine in (options.engines_used() if isinstance(options, LMStageOptions) else {}).items():
+                if engine not in engines_raw:
+                    known = ", ".join(map(str, engines_raw)) if isinstance(engines_raw, dict) else ""
+                    builder.problem(loc + key, f"no engine named {engine!r} under `engines:` (known: {known})")
 
     if builder.problems:
         raise ConfigError(builder.problems)

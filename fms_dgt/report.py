@@ -9,7 +9,9 @@ Reads ``final_data.jsonl`` (and ``task.json`` and ``run_summary.json`` beside it
   closings apart);
 - persona coverage; judge score histograms; tokens per conversation; drops by reason;
 - lexical diversity: distinct-1/2 over user and over assistant messages, and the share of
-  messages that exactly duplicate another.
+  messages that exactly duplicate another;
+- the quality gate: the verifier's pass rate per role and verdict, rejected drafts by reason,
+  assistant replies cut by max_tokens (rewritten or trimmed).
 
 The runner writes it at the end of every run.
 """
@@ -282,8 +284,33 @@ def build_report(folder: Path) -> dict[str, Any]:
             "rescued": summary.get("rescued", {}),
         },
         "diversity": {role: counter.result() for role, counter in texts.items()},
+        "quality": quality(summary),
     }
     return report
+
+
+def quality(summary: dict[str, Any]) -> dict[str, Any]:
+    """The per-turn quality gate, from run_summary.json: the verifier's pass rate per role and
+    its verdicts, drafts rejected by reason, and assistant replies cut by max_tokens."""
+    verifier: dict[str, Any] = {}
+    for key, count in sorted((summary.get("verifier_verdicts") or {}).items()):
+        role, verdict = key.split(":", 1)
+        entry = verifier.setdefault(role, {"verdicts": 0, "passed": 0, "by_verdict": {}})
+        entry["verdicts"] += count
+        entry["passed"] += count if verdict in ("ok", "invalid") else 0
+        entry["by_verdict"][verdict] = count
+    for entry in verifier.values():
+        entry["pass_rate"] = round(entry["passed"] / entry["verdicts"], 4) if entry["verdicts"] else None
+    rejected = summary.get("rejected_drafts") or {}
+    return {
+        "note": "from run_summary.json: the last run only",
+        "verifier": verifier,
+        "rejected_drafts": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "length": {
+            "rewritten": rejected.get("assistant:cut_by_length", 0),
+            "trimmed": (summary.get("repaired_drafts") or {}).get("assistant:trimmed_for_length", 0),
+        },
+    }
 
 
 def _read_json(path: Path) -> Any:
@@ -368,6 +395,20 @@ def to_markdown(report: dict[str, Any]) -> str:
             [[k, v, "dropped"] for k, v in drops["dropped"].items()] + [[k, v, "rescued"] for k, v in drops["rescued"].items()],
             ["reason", "count", "outcome"],
         ), ""]
+    gate = report["quality"]
+    if gate["verifier"] or gate["rejected_drafts"]:
+        out += ["## Quality gate (last run)", ""]
+        if gate["verifier"]:
+            out += [_table(
+                [[role, v["verdicts"], _pct(v["pass_rate"]), ", ".join(f"{k}: {n}" for k, n in v["by_verdict"].items())]
+                 for role, v in gate["verifier"].items()],
+                ["role", "verdicts", "pass rate", "by verdict"],
+            ), ""]
+        if gate["rejected_drafts"]:
+            out += [_table([[k, v] for k, v in gate["rejected_drafts"].items()], ["rejected draft (role:reason)", "count"]), ""]
+        length = gate["length"]
+        out += [f"Assistant replies cut by max_tokens: {length['rewritten']} rewritten, {length['trimmed']} trimmed"
+                " to whole sentences.", ""]
     out += ["## Lexical diversity", "", _table(
         [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
          for role, d in report["diversity"].items()],
