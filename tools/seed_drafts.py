@@ -30,7 +30,7 @@ from fms_dgt.stages.user import UserStage, without_meta_note
 from fms_dgt.stats import RunStats
 
 
-async def run(task_path: Path, k: int) -> list[dict[str, Any]]:
+async def run(task_path: Path, k: int) -> None:
     config = load_task(task_path).config
     assert config.seed_datastore is not None
     seeds = read_jsonl(Path(config.seed_datastore.data_path), Conversation, what="seed example")
@@ -73,14 +73,15 @@ async def run(task_path: Path, k: int) -> list[dict[str, Any]]:
             if step.role in ("user", "assistant"):
                 jobs += [draft(seed, index, step.role, n) for n in range(k)]
     try:
-        return await asyncio.gather(*jobs)
+        # Printed as each draft is done: on a busy machine, whatever finished is kept.
+        for done in asyncio.as_completed(jobs):
+            print(json.dumps(await done, ensure_ascii=False), flush=True)
     finally:
         await engine.aclose()
 
 
 def main(argv: list[str]) -> int:
-    for item in asyncio.run(run(Path(argv[0]), int(argv[1]))):
-        print(json.dumps(item, ensure_ascii=False))
+    asyncio.run(run(Path(argv[0]), int(argv[1])))
     return 0
 
 
