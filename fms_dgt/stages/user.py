@@ -11,7 +11,6 @@ with the reason fed back.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import Field
 
