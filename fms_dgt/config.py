@@ -173,6 +173,10 @@ class LMStageOptions(StageOptions):
 
     template_fields: ClassVar[tuple[str, ...]] = ("instructions",)
 
+    def engines_used(self) -> dict[tuple[str, ...], str]:
+        """Every engine this stage calls, keyed by the option path that names it."""
+        return {("engine",): self.engine}
+
 
 class DatastoreConfig(ConfigModel):
     """Where a data file lives (DiGiT's ``{type: default, data_path: ...}``)."""

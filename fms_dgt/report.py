@@ -11,7 +11,9 @@ Reads ``final_data.jsonl`` (and ``task.json`` and ``run_summary.json`` beside it
 - persona coverage; judge score histograms; tokens per conversation; drops by reason, and the
   conversations the quality gate rejected (near-duplicates among them);
 - lexical diversity: distinct-1/2 over user and over assistant messages, and the share of
-  messages that exactly duplicate another.
+  messages that exactly duplicate another;
+- the quality gate: the verifier's pass rate per role and verdict, rejected drafts by reason,
+  assistant replies cut by max_tokens (rewritten or trimmed).
 
 The runner writes it at the end of every run.
 """
@@ -317,6 +319,7 @@ def build_report(folder: Path) -> dict[str, Any]:
         "diversity": {role: counter.result() for role, counter in texts.items()},
         "cost": summary.get("cost"),  # None unless an engine has a price
         "pacing": _pacing(summary),
+        "quality": quality(summary),
     }
     return report
 
@@ -328,6 +331,30 @@ def _pacing(summary: dict[str, Any]) -> dict[str, Any]:
         "spare": summary.get("spare"),
         "limits": {name: info["concurrency"] for name, info in (summary.get("engines") or {}).items()
                    if info.get("concurrency")},
+    }
+
+
+def quality(summary: dict[str, Any]) -> dict[str, Any]:
+    """The per-turn quality gate, from run_summary.json: the verifier's pass rate per role and
+    its verdicts, drafts rejected by reason, and assistant replies cut by max_tokens."""
+    verifier: dict[str, Any] = {}
+    for key, count in sorted((summary.get("verifier_verdicts") or {}).items()):
+        role, verdict = key.split(":", 1)
+        entry = verifier.setdefault(role, {"verdicts": 0, "passed": 0, "by_verdict": {}})
+        entry["verdicts"] += count
+        entry["passed"] += count if verdict in ("ok", "invalid") else 0
+        entry["by_verdict"][verdict] = count
+    for entry in verifier.values():
+        entry["pass_rate"] = round(entry["passed"] / entry["verdicts"], 4) if entry["verdicts"] else None
+    rejected = summary.get("rejected_drafts") or {}
+    return {
+        "note": "from run_summary.json: the last run only",
+        "verifier": verifier,
+        "rejected_drafts": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "length": {
+            "rewritten": rejected.get("assistant:cut_by_length", 0),
+            "trimmed": (summary.get("repaired_drafts") or {}).get("assistant:trimmed_for_length", 0),
+        },
     }
 
 
@@ -424,7 +451,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         ), ""]
     gate = report["quality_gate"]
     if gate["rejected"]:
-        out += ["## Quality gate (last run)", "",
+        out += ["## Quality gate: whole conversations (last run)", "",
                 f"{sum(gate['rejected'].values())} conversations rejected before being kept,"
                 f" {gate['near_duplicates']} of them as near-duplicates.", "",
                 _table([[k, v] for k, v in gate["rejected"].items()], ["reason", "conversations"]), ""]
@@ -444,6 +471,20 @@ def to_markdown(report: dict[str, Any]) -> str:
                          " → ".join(f"{t:g} s: {n}" for t, n in c.get("series", [])[-12:])]
                         for engine, endpoints in pacing["limits"].items() for url, c in endpoints.items()],
                        ["engine", "endpoint", "limit", "final", "peak", "limit over time (latest changes)"]), ""]
+    gate = report["quality"]
+    if gate["verifier"] or gate["rejected_drafts"]:
+        out += ["## Quality gate: each turn's drafts (last run)", ""]
+        if gate["verifier"]:
+            out += [_table(
+                [[role, v["verdicts"], _pct(v["pass_rate"]), ", ".join(f"{k}: {n}" for k, n in v["by_verdict"].items())]
+                 for role, v in gate["verifier"].items()],
+                ["role", "verdicts", "pass rate", "by verdict"],
+            ), ""]
+        if gate["rejected_drafts"]:
+            out += [_table([[k, v] for k, v in gate["rejected_drafts"].items()], ["rejected draft (role:reason)", "count"]), ""]
+        length = gate["length"]
+        out += [f"Assistant replies cut by max_tokens: {length['rewritten']} rewritten, {length['trimmed']} trimmed"
+                " to whole sentences.", ""]
     out += ["## Lexical diversity", "", _table(
         [[role, d["messages"], d["distinct_1"], d["distinct_2"], _pct(d["exact_duplicate_share"])]
          for role, d in report["diversity"].items()],

@@ -85,7 +85,7 @@ class Runner:
         self.options = options
         self.seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
         self.stats = RunStats()
-        used = {s.engine for s in self.config.all_stages() if isinstance(s, LMStageOptions)}
+        used = {e for s in self.config.all_stages() if isinstance(s, LMStageOptions) for e in s.engines_used().values()}
         if engines is None:
             engines = {
                 name: ENGINES.get(cfg.type)(name, cfg)  # type: ignore[call-arg]

@@ -39,7 +39,7 @@ class CallStats:
 
 
 # The RunStats fields that count events by key.
-_COUNTERS = ("dropped", "rescued", "stop_reasons", "turns", "fallbacks", "rejected_drafts")
+_COUNTERS = ("dropped", "rescued", "stop_reasons", "turns", "fallbacks", "rejected_drafts", "verdicts", "repairs")
 
 
 @dataclass
@@ -54,6 +54,10 @@ class RunStats:
     turns: Counter[int] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)
     rejected_drafts: Counter[str] = field(default_factory=Counter)
+    # The per-turn verifier's answers, "role:verdict" (passes as "role:ok"), and drafts fixed in
+    # place instead of rewritten ("assistant:trimmed_for_length").
+    verdicts: Counter[str] = field(default_factory=Counter)
+    repairs: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
     attempts: int = 0
 
@@ -130,6 +134,8 @@ class RunStats:
             "turns": {str(k): v for k, v in sorted(self.turns.items())},
             "flow_controller_fallbacks": dict(self.fallbacks),
             "rejected_drafts": dict(self.rejected_drafts),
+            "verifier_verdicts": dict(self.verdicts),
+            "repaired_drafts": dict(self.repairs),
             "lm_calls": self.lm_calls,
             "per_stage": {k: v.as_dict() for k, v in self.per_stage.items()},
             "per_engine": {k: v.as_dict() for k, v in self.per_engine.items()},

@@ -182,9 +182,12 @@ class _Rules:
         return self.problems
 
     def _engine(self, loc: Loc, options: StageOptions) -> None:
-        if isinstance(options, LMStageOptions) and options.engine not in self.task.engines:
-            known = ", ".join(self.task.engines)
-            self.problems.append((loc + ("engine",), f"no engine named {options.engine!r} under `engines:` (known: {known})"))
+        if not isinstance(options, LMStageOptions):
+            return
+        for key, engine in options.engines_used().items():
+            if engine not in self.task.engines:
+                known = ", ".join(self.task.engines)
+                self.problems.append((loc + key, f"no engine named {engine!r} under `engines:` (known: {known})"))
 
     def _templates(self, loc: Loc, options: StageOptions, writers: Mapping[str, Any]) -> None:
         for key in options.template_fields:

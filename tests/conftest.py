@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ class ChitChatResponder:
             names = schema["properties"]["eligible_patterns"]["items"]["enum"]
             chosen = [n for n in names if self.eligible is None or n in self.eligible] or names
             return {"reasoning": "these fit", "eligible_patterns": chosen}
+        if schema is not None and "verdict" in schema.get("properties", {}):
+            return {"reason": "reads well", "verdict": "ok"}
         if schema is not None:
             return {"focus": "the brown spots on the leaves"}
         if system.startswith("You write short scenarios"):
@@ -112,7 +115,10 @@ class ChitChatResponder:
             self.user_count += 1
             return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"
         self.assistant_count += 1
-        return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count})"
+        # A reply takes up two of the user's words, as a real one would (a closing reply must).
+        topic = [w for w in re.findall(r"[a-z]{5,}", messages[-1]["content"].lower())][:2]
+        about = f" Good luck with the {' and the '.join(topic)}." if len(topic) == 2 else ""
+        return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count}){about}"
 
 
 def count_lines(path: Path) -> int:

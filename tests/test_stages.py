@@ -24,6 +24,8 @@ from fms_dgt.stages.scenario import ScenarioStage
 from fms_dgt.stages.user import UserStage, rejection
 from fms_dgt.stats import RunStats
 
+# The verifier's answer to a draft that passes (it follows each draft the phrase checks accept).
+OK = {"reason": "fine", "verdict": "ok"}
 PERSONA = Persona(role="retired teacher", expertise="beginner", domain="gardening", goals=["grow tomatoes"])
 SCENARIO = "A retired teacher wants to save her tomato plants from blight before the summer fair."
 
@@ -284,7 +286,7 @@ async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path
 
 
 async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\""])
+    engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\"", OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -301,7 +303,7 @@ async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_pat
 
 
 async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots"])
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -315,7 +317,7 @@ async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> 
 
 
 async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots"])
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", OK])
     res = resources(tmp_path, engine)
     seed = Conversation(task_name="t", conversation_id="s", steps=[MessageStep(role="user", content="ugh my sourdough died again")])
     res.seed_conversations = [seed]
@@ -362,7 +364,7 @@ def test_a_goodbye_is_fine_in_the_closing_message() -> None:
 
 
 async def test_user_closing_message_gets_direction_and_must_not_ask(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["thanks! one more thing, what about basil?", "thanks, that helps a lot, bye!"])
+    engine = ScriptedEngine(replies=["thanks! one more thing, what about basil?", "thanks, that helps a lot, bye!", OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -388,7 +390,7 @@ async def test_user_retries_bad_drafts_then_drops(tmp_path: Path) -> None:
 
 
 async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["Assistant: Water at the base of the plant."])
+    engine = ScriptedEngine(replies=["Assistant: Water at the base of the plant.", OK])
     res = resources(tmp_path, engine)
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("spots?", "Blight."))
@@ -409,26 +411,29 @@ async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     from fms_dgt.engines.base import ChatResult
 
-    async def send(*args: Any) -> ChatResult:
-        return ChatResult("First sentence. Second one is cut", finish_reason="length")
+    async def send(messages: Any, json_schema: Any, *args: Any) -> ChatResult:
+        if json_schema is not None:  # the verifier's call
+            return ChatResult('{"reason": "fine", "verdict": "ok"}', finish_reason="stop")
+        return ChatResult("First sentence is whole and long enough. Second one is cut", finish_reason="length")
 
     engine._send = send  # type: ignore[method-assign]
     conv = conversation()
     conv.steps.append(MessageStep(role="user", content="hi"))
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))
-    assert conv.steps[-1].content == "First sentence."
+    assert conv.steps[-1].content == "First sentence is whole and long enough."
+    assert res.stats.repairs["assistant:trimmed_for_length"] == 1
 
 
 async def test_assistant_reply_that_copies_an_earlier_one_is_rewritten(tmp_path: Path) -> None:
     earlier = "Some ideas might include making rainbows, having a picnic, or cooking together on a rainy afternoon."
-    engine = ScriptedEngine(replies=[f"Rainy days are great. {earlier}", "Try a blanket fort and a puppet show."])
+    engine = ScriptedEngine(replies=[f"Rainy days are great. {earlier}", "Try a blanket fort and a puppet show.", OK])
     res = resources(tmp_path, engine)
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("ideas for rain?", earlier))
     conv.steps.append(MessageStep(role="user", content="more?"))
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     assert conv.steps[-1].content == "Try a blanket fort and a puppet show."
-    assert res.stats.rejected_drafts["assistant:repeat"] == 1
+    assert res.stats.rejected_drafts["assistant:repeats_itself"] == 1
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
 from fms_dgt.engines.endpoints import Endpoint
 
-Reply = str | dict[str, Any] | Exception
+Reply = str | dict[str, Any] | Exception | ChatResult
 Responder = Callable[[list[Message], dict[str, Any] | None, dict[str, Any]], Reply]
 
 
@@ -26,7 +26,8 @@ class RecordedCall:
 class ScriptedEngine(Engine):
     """Replies come from ``replies`` (in order), else from ``responder``; dicts are sent as JSON.
 
-    An ``Exception`` in the queue is raised instead of answering, to script failures. Not in the
+    An ``Exception`` in the queue is raised instead of answering, to script failures; a
+    ``ChatResult`` is returned as it is (to script a ``finish_reason``). Not in the
     engine registry: tests build it directly and hand it to the runner.
     """
 
@@ -61,6 +62,8 @@ class ScriptedEngine(Engine):
             raise AssertionError("scripted engine: no reply queued for this call")
         if isinstance(reply, Exception):
             raise reply
+        if isinstance(reply, ChatResult):
+            return reply
         text = json.dumps(reply) if isinstance(reply, dict) else reply
         prompt_tokens = sum(len(m["content"]) for m in messages) // 4
         return ChatResult(text=text, finish_reason="stop", usage=Usage(prompt_tokens, len(text) // 4))

@@ -1,19 +1,24 @@
 """``lm/assistant/naive``: a helpful assistant that sees only the visible conversation.
 
 It never sees the scenario or the persona, which describe the user's hidden intent: a real
-assistant would not know them either.
+assistant would not know them either. Its drafts pass cheap checks first (no long run copied
+from the user or from its own earlier replies, no reply cut by ``max_tokens``, no description of
+itself as an AI model unless the task allows it, no closing that says nothing about the chat),
+then the verifier (``stages.verifier``); a failing draft is rewritten with the reason fed back.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import Field
 
-from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
-from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished
+from fms_dgt.engines.base import ChatResult
+from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
+from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished, words
+from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 from fms_dgt.templates import render
 
 SYSTEM = (
@@ -21,8 +26,77 @@ SYSTEM = (
     " concisely, in 2 to 5 sentences of plain text. If you are not sure of a fact, say so."
 )
 
+# Copying this many consecutive words of the user's message, or of an earlier reply, is parroting.
+COPY_RUN_USER = 8
+COPY_RUN_SELF = 10
+# The model describing itself instead of answering: "As an AI language model, I don't have...".
+_AI_SELF = re.compile(
+    r"\b(as an ai\b|i('m| am) (just |only )?an? (ai|artificial intelligence|language model)\b|"
+    r"as a language model|i (don't|do not) have personal (experiences?|opinions|feelings|preferences))",
+    re.IGNORECASE,
+)
+# A list item at the start of a line: a list cut by max_tokens cannot be trimmed into a whole reply.
+_LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*•])\s", re.MULTILINE)
+# A closing reply must share this many words (5+ letters) with what the user said in the chat.
+CLOSING_TOPIC_WORDS = 2
 
-class AssistantOptions(LMStageOptions):
+FEEDBACK = {
+    "empty": "It was empty.",
+    "cut_by_length": "It was too long and got cut off. Answer in at most 4 short sentences of plain text, with no list.",
+    "ai_self_description": "Do not talk about yourself as an AI or a language model; answer the message itself.",
+    "copies_user": "It copied the user's words back; answer in your own words.",
+    "repeats_itself": "It repeated one of your earlier replies; say something new.",
+    "empty_closing": "It only said goodbye; also say something about what the two of you discussed.",
+}
+REWRITE = "(Note, not part of the chat: rewrite your last reply. {feedback} Write only the new reply.)"
+VERIFY = (
+    "(Note, not part of the chat: check the reply you just wrote to my last message. Answer"
+    " does_not_answer if it does not answer that message as the assistant; copies_user if it mostly"
+    " repeats my words back;{closing} otherwise ok. Reply in JSON: a reason of a few words, then the"
+    " verdict.)"
+)
+VERIFY_CLOSING = " empty_closing if it only says goodbye, with nothing about what we discussed;"
+
+
+def verifier_question(closing: bool) -> Question:
+    verdicts = ("does_not_answer", "copies_user") + (("empty_closing",) if closing else ())
+    return Question(VERIFY.format(closing=VERIFY_CLOSING if closing else ""), verdicts)
+
+
+def topic_words(text: str) -> set[str]:
+    return {w for w in words(text) if len(w) >= 5}
+
+
+def rejection(reply: str, conv: Conversation, *, closing: bool, allow_ai_self_description: bool = False) -> str | None:
+    """Why ``reply`` is not an acceptable next assistant message in ``conv``, or None."""
+    if len(reply) < 2:
+        return "empty"
+    if not allow_ai_self_description and _AI_SELF.search(reply):
+        return "ai_self_description"
+    users = conv.contents("user")
+    if users and shares_run(reply, users[-1], COPY_RUN_USER):
+        return "copies_user"
+    if any(shares_run(reply, earlier, COPY_RUN_SELF) for earlier in conv.contents("assistant")):
+        return "repeats_itself"
+    if closing:
+        said = set().union(*(topic_words(u) for u in users)) if users else set()
+        if len(topic_words(reply) & said) < CLOSING_TOPIC_WORDS:
+            return "empty_closing"
+    return None
+
+
+def fit_length(text: str) -> str | None:
+    """A reply cut by max_tokens, trimmed to whole sentences; None when that cannot make it whole
+    (no complete sentence, or a list cut short)."""
+    if _LIST_ITEM.search(text):
+        return None
+    trimmed = trim_unfinished(text)
+    if not trimmed.endswith((".", "!", "?")) or len(trimmed) < len(text) // 3:
+        return None
+    return trimmed
+
+
+class AssistantOptions(VerifiedOptions):
     system_prompt: str = Field(
         SYSTEM, description="The assistant's instructions; a Jinja2 template (e.g. '{{ assistant_system_prompt }}')."
     )
@@ -32,6 +106,9 @@ class AssistantOptions(LMStageOptions):
         " formatted_output.jsonl, so the model is trained with it.",
     )
     max_attempts: int = Field(2, ge=1)
+    allow_ai_self_description: bool = Field(
+        False, description="Let replies describe the assistant as an AI model ('As an AI language model, ...')."
+    )
 
     template_fields: ClassVar[tuple[str, ...]] = ("system_prompt", "instructions")
 
@@ -54,26 +131,36 @@ class AssistantStage(LMStage):
             conv.steps.append(MessageStep(role="system", content=system, stage_name=self.name))
         return system
 
-    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+    def prompt(self, conv: Conversation) -> list[dict[str, str]]:
+        """The messages that write the next reply (the verifier's prefix too)."""
         messages = [{"role": "system", "content": self.system_prompt(conv)}]
-        messages += [m for m in conv.messages() if m["role"] in ("user", "assistant")]
-        earlier = conv.contents("assistant")
-        for attempt in range(1, self.options.max_attempts + 1):
-            result = await self.chat(ctx, messages)
-            text = clean_reply(result.text)
-            if result.finish_reason == "length":
-                text = trim_unfinished(text)
-            # A reply that copies a long run of an earlier one is the model looping, not answering.
-            if text and not any(shares_run(text, e, 12) for e in earlier):
-                conv.steps.append(
-                    MessageStep(
-                        role="assistant",
-                        content=text,
-                        stage_name=self.name,
-                        metadata=self.provenance(result, attempts=attempt),
-                    )
-                )
-                return
-            reason = "repeat" if text else "empty"
-            self.resources.stats.rejected_drafts["assistant:" + reason] += 1
-        raise DropConversation("assistant_empty_or_repeat", Rejection(self.name, reason, text[:300]))
+        return messages + [m for m in conv.messages() if m["role"] in ("user", "assistant")]
+
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        closing = ctx.last_turn
+
+        def check(text: str, result: ChatResult) -> tuple[str, DraftProblem | None]:
+            if result.finish_reason == "length" and text:
+                fitted = fit_length(text)
+                if fitted is None:
+                    return text, DraftProblem("cut_by_length", FEEDBACK["cut_by_length"])
+                if fitted != text:
+                    self.resources.stats.repairs["assistant:trimmed_for_length"] += 1
+                text = fitted
+            reason = rejection(
+                text, conv, closing=closing, allow_ai_self_description=self.options.allow_ai_self_description
+            )
+            return text, DraftProblem(reason, FEEDBACK[reason]) if reason else None
+
+        text, metadata = await write_verified(
+            self,
+            ctx,
+            self.prompt(conv),
+            role="assistant",
+            max_attempts=self.options.max_attempts,
+            clean=lambda result: clean_reply(result.text),
+            check=check,
+            question=verifier_question(closing),
+            rewrite=lambda r: REWRITE.format(feedback=r.feedback),
+        )
+        conv.steps.append(MessageStep(role="assistant", content=text, stage_name=self.name, metadata=metadata))

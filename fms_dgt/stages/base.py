@@ -111,24 +111,37 @@ class LMStage(Stage):
     ) -> ChatResult:
         """One call on the stage's engine. The task's ``max_tokens`` for the stage wins over the
         caller's, which wins over the stage's default."""
-        assert self.resources.lm is not None, "LM stages need an LM client"
-        # A seed drawn from the conversation's generator makes runs reproducible with --seed,
-        # unless the engine config pins one seed for every call.
-        engine = self.resources.lm.engines[self.options.engine]
-        if engine.config.seed is None:
-            params.setdefault("seed", ctx.rng.randrange(2**31))
         temperature = temperature if temperature is not None else self.options.temperature
         if temperature is None:
             temperature = self.default_temperature
-        return await self.resources.lm.chat(
-            self.options.engine,
-            self.name,
+        return await self.call(
+            ctx,
             messages,
             schema=schema,
             max_tokens=self.options.max_tokens or max_tokens or self.default_max_tokens,
             temperature=temperature,
             **params,
         )
+
+    async def call(
+        self,
+        ctx: ConversationContext,
+        messages: list[Message],
+        *,
+        engine: str | None = None,
+        label: str | None = None,
+        schema: Schema | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """One call with exactly these parameters, on ``engine`` (default the stage's), counted
+        under ``label`` (default the stage's name): the verifier's calls go through here."""
+        assert self.resources.lm is not None, "LM stages need an LM client"
+        engine = engine or self.options.engine
+        # A seed drawn from the conversation's generator makes runs reproducible with --seed,
+        # unless the engine config pins one seed for every call.
+        if self.resources.lm.engines[engine].config.seed is None:
+            params.setdefault("seed", ctx.rng.randrange(2**31))
+        return await self.resources.lm.chat(engine, label or self.name, messages, schema=schema, **params)
 
     def instructions(self, conv: Conversation) -> str:
         """The task's extra ``instructions`` for this stage, rendered for ``conv`` ('' if none)."""

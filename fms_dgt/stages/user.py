@@ -3,20 +3,22 @@
 The history is shown with roles swapped (the assistant's turns as ``user``, the persona's as
 ``assistant``) so the model writes the next ``assistant`` message in the persona's voice: small
 models play the user far better that way than from a transcript. Drafts that repeat an earlier
-message, paste the scenario or sound like the assistant are rejected and written again.
+message, paste the scenario or sound like the assistant are rejected by the phrase checks here;
+drafts that pass them go to the verifier (``stages.verifier``). A rejected draft is written again
+with the reason fed back.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import Field
 
-from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
+from fms_dgt.engines.base import ChatResult, Message
+from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_run, with_article
+from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
 _ASSISTANT_VOICE = re.compile(
@@ -63,7 +65,7 @@ OPENING = (
 )
 
 
-class UserOptions(LMStageOptions):
+class UserOptions(VerifiedOptions):
     max_attempts: int = Field(3, ge=1, description="Drafts tried before the conversation is dropped.")
     num_style_examples: int = Field(
         3, ge=0, description="User messages from seed conversations shown as examples of a user's voice."
@@ -126,6 +128,36 @@ def swapped_history(conv: Conversation, hint: str, closing: bool = False, extra:
     return history
 
 
+# What a rewrite is told about a draft the phrase checks rejected.
+FEEDBACK = {
+    "empty": "It was empty.",
+    "copies_direction": "It repeated the stage direction instead of speaking as yourself.",
+    "closing_asks_question": "This is your last message: say goodbye, do not ask a new question.",
+    "premature_goodbye": "Do not say goodbye yet: the conversation goes on.",
+    "sounds_like_assistant": "It sounded like the AI assistant; you are the human, who asks and reacts.",
+    "repeats_itself": "It repeated one of your earlier messages.",
+    "echoes_assistant": "It echoed the assistant's reply; say something of your own.",
+    "pastes_scenario": "It copied the description of your situation; say it in your own words.",
+}
+REWRITE = (
+    "(Stage direction, not part of the chat: your last message does not work. {feedback} Write a new"
+    " message instead, as yourself: {hint})"
+)
+VERIFY = (
+    "(Stage direction, not part of the chat: check the message you just wrote as {role}. Answer"
+    " sounds_like_assistant if it offers help, explains or answers like the AI assistant instead"
+    " of you; adds_nothing if it only agrees with or restates the last reply; ignores_hint if it"
+    " does not do this: {hint} Otherwise answer ok. Reply in JSON: a reason of a few words, then"
+    " the verdict.)"
+)
+VERDICTS = ("sounds_like_assistant", "adds_nothing", "ignores_hint")
+
+
+def verifier_question(conv: Conversation, hint: str) -> Question:
+    role = with_article(conv.persona.persona.role) if conv.persona else "the user"
+    return Question(VERIFY.format(role=role, hint=hint), VERDICTS)
+
+
 def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | None:
     """Why a draft is not a believable next user message, or None if it is."""
     if len(draft) < 2:
@@ -161,33 +193,46 @@ class UserStage(LMStage):
             text for c in self.resources.seed_conversations for text in c.contents("user")
         ]
 
-    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+    def hint(self, conv: Conversation) -> str:
+        step = conv.last("flow_controller")
+        return step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
+
+    def prompt(self, conv: Conversation, ctx: ConversationContext) -> list[Message]:
+        """The messages that write the next user message (the verifier's prefix too)."""
         k = min(self.options.num_style_examples, len(self.examples))
         examples = ctx.rng.sample(self.examples, k) if k else []
-        step = conv.last("flow_controller")
-        hint = step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
+        hint = self.hint(conv)
         first = not conv.contents("assistant")
         extra = self.instructions(conv)
-        messages = [
+        return [
             # The first message's hint travels in the opening direction instead, with the
             # task's instructions repeated there: small models heed a direction more.
             {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn, examples, extra)},
             *swapped_history(conv, hint, closing=ctx.last_turn and not first, extra=extra),
         ]
-        rejected: list[dict[str, Any]] = []
-        for attempt in range(1, self.options.max_attempts + 1):
-            # Later attempts are a little more adventurous, to get out of a repetitive rut.
-            temperature = min(1.2, (self.options.temperature or self.default_temperature) + 0.15 * (attempt - 1))
-            result = await self.chat(ctx, messages, temperature=temperature)
-            draft = first_sentences(without_meta_note(clean_reply(result.text)), self.options.max_sentences)
+
+    async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
+        hint = self.hint(conv)
+        base = self.options.temperature or self.default_temperature
+
+        def clean(result: ChatResult) -> str:
+            return first_sentences(without_meta_note(clean_reply(result.text)), self.options.max_sentences)
+
+        def check(draft: str, result: ChatResult) -> tuple[str, DraftProblem | None]:
             reason = rejection(draft, conv, closing=ctx.last_turn)
-            if reason is None:
-                metadata = self.provenance(result, attempts=attempt)
-                if rejected:
-                    metadata["rejected"] = rejected
-                conv.steps.append(MessageStep(role="user", content=draft, stage_name=self.name, metadata=metadata))
-                return
-            self.resources.stats.rejected_drafts[f"user:{reason}"] += 1
-            rejected.append({"reason": reason, "text": draft[:300]})
-        last = rejected[-1]
-        raise DropConversation(f"user_{last['reason']}", Rejection(self.name, last["reason"], last["text"]))
+            return draft, DraftProblem(reason, FEEDBACK[reason]) if reason else None
+
+        text, metadata = await write_verified(
+            self,
+            ctx,
+            self.prompt(conv, ctx),
+            role="user",
+            max_attempts=self.options.max_attempts,
+            clean=clean,
+            check=check,
+            question=verifier_question(conv, hint),
+            rewrite=lambda r: REWRITE.format(feedback=r.feedback, hint=hint),
+            # Later attempts are a little more adventurous, to get out of a repetitive rut.
+            temperature=lambda attempt: min(1.2, base + 0.15 * (attempt - 1)),
+        )
+        conv.steps.append(MessageStep(role="user", content=text, stage_name=self.name, metadata=metadata))

@@ -1,0 +1,166 @@
+"""The per-turn verifier and the draft / check / rewrite loop that the user and assistant share.
+
+Phrase checks catch the common slips fast, but every new slip needed a new phrase, and they know
+only English. The verifier asks the model itself, after the phrase checks pass: one short call
+that appends the draft and a question to the very messages that wrote it (so the engine's prompt
+cache makes the prefix nearly free), answered in JSON constrained to an enum verdict and a
+reason of a few words. A failing draft is rewritten with that reason fed back to the writer, up
+to the stage's ``max_attempts``. Every verdict is counted by role and verdict in the summary
+(``verifier_verdicts``), every rejection by reason (``rejected_drafts``), and both are kept in
+the step's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from fms_dgt.config import ConfigModel, LMStageOptions
+from fms_dgt.engines.base import ChatResult, Message
+from fms_dgt.errors import StructuredOutputError
+from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection
+
+# A reason is for the rewrite and for people reading the metadata: a few words are enough, and
+# every character is a token decoded on a CPU.
+REASON_CHARS = 80
+OK = "ok"
+
+
+class VerifierOptions(ConfigModel):
+    enabled: bool = Field(True, description="Judge each draft that passed the phrase checks with an LM call.")
+    engine: str | None = Field(
+        None, description="Engine for the verdicts (an entry under `engines:`); default the stage's own."
+    )
+    max_tokens: int = Field(64, ge=16, description="Cap on the verdict's tokens (JSON, reason and verdict).")
+
+
+class VerifiedOptions(LMStageOptions):
+    """Options of a stage whose drafts go through the verifier."""
+
+    verifier: VerifierOptions = Field(default_factory=VerifierOptions)
+
+    def engines_used(self) -> dict[tuple[str, ...], str]:
+        used = super().engines_used()
+        if self.verifier.enabled and self.verifier.engine is not None:
+            used[("verifier", "engine")] = self.verifier.engine
+        return used
+
+
+@lru_cache(maxsize=16)
+def verdict_model(verdicts: tuple[str, ...]) -> type[BaseModel]:
+    """Reply model: a short reason first (it helps small models decide), then a declared verdict."""
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "Verdict",
+        __config__=ConfigDict(extra="forbid"),
+        reason=(str, Field(max_length=REASON_CHARS)),
+        verdict=(Literal[(OK, *verdicts)], ...),  # type: ignore[valid-type]
+    )
+
+
+@dataclass(frozen=True)
+class DraftProblem:
+    """Why a draft was turned down, and what its rewrite is told."""
+
+    reason: str  # a countable label: "copies_user", "verifier_adds_nothing", ...
+    feedback: str  # what the rewrite is told
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    reason: str
+    result: ChatResult | None  # None when no reply fit the schema
+
+
+@dataclass(frozen=True)
+class Question:
+    """What the verifier asks about one draft: the question and the failing verdicts it may give."""
+
+    text: str
+    verdicts: tuple[str, ...]
+
+
+# The stage's cheap checks: the (possibly repaired) text, and why it fails or None.
+Check = Callable[[str, ChatResult], tuple[str, DraftProblem | None]]
+
+
+async def verify(
+    stage: LMStage, ctx: ConversationContext, messages: list[Message], draft: str, question: Question
+) -> Verdict:
+    """One verdict on ``draft``, the reply to ``messages``. A reply that never fits the schema is
+    a pass (counted as ``invalid``): the phrase checks already passed, and a verifier that cannot
+    answer must not cost the conversation."""
+    options = stage.options
+    assert isinstance(options, VerifiedOptions)
+    asked = [*messages, {"role": "assistant", "content": draft}, {"role": "user", "content": question.text}]
+    try:
+        result = await stage.call(
+            ctx,
+            asked,
+            engine=options.verifier.engine or options.engine,
+            label=f"{stage.name}/verifier",
+            schema=verdict_model(question.verdicts),
+            temperature=0.0,
+            max_tokens=options.verifier.max_tokens,
+        )
+    except StructuredOutputError:
+        return Verdict("invalid", "", None)
+    parsed: Any = result.parsed
+    return Verdict(parsed.verdict, " ".join(parsed.reason.split()), result)
+
+
+async def write_verified(
+    stage: LMStage,
+    ctx: ConversationContext,
+    messages: list[Message],
+    *,
+    role: str,
+    max_attempts: int,
+    clean: Callable[[ChatResult], str],
+    check: Check,
+    question: Question | None,
+    rewrite: Callable[[DraftProblem], str],
+    temperature: Callable[[int], float | None] = lambda attempt: None,
+) -> tuple[str, dict[str, Any]]:
+    """Draft, check, verify and rewrite until a draft passes; the text and its step metadata.
+
+    A rejected draft goes back to the writer as its own last message, followed by ``rewrite``'s
+    direction (which carries the reason), so the rewrite shares the prompt's prefix too. After
+    ``max_attempts`` drafts the conversation is dropped as ``<role>_<last reason>``.
+    """
+    options = stage.options
+    assert isinstance(options, VerifiedOptions)
+    stats = stage.resources.stats
+    prompt = messages
+    rejected: list[dict[str, Any]] = []
+    verdicts: list[dict[str, Any]] = []
+    last: DraftProblem | None = None
+    for attempt in range(1, max_attempts + 1):
+        result = await stage.chat(ctx, prompt, temperature=temperature(attempt))
+        text, last = check(clean(result), result)
+        if last is None and question is not None and options.verifier.enabled:
+            verdict = await verify(stage, ctx, messages, text, question)
+            stats.verdicts[f"{role}:{verdict.verdict}"] += 1
+            entry: dict[str, Any] = {"attempt": attempt, "verdict": verdict.verdict, "reason": verdict.reason}
+            if verdict.result is not None:
+                entry["prompt_tokens"] = verdict.result.usage.prompt_tokens
+                entry["completion_tokens"] = verdict.result.usage.completion_tokens
+            verdicts.append(entry)
+            if verdict.verdict not in (OK, "invalid"):
+                last = DraftProblem(f"verifier_{verdict.verdict}", verdict.reason or verdict.verdict.replace("_", " "))
+        if last is None:
+            metadata = stage.provenance(result, attempts=attempt)
+            if rejected:
+                metadata["rejected"] = rejected
+            if verdicts:
+                metadata["verdicts"] = verdicts
+            return text, metadata
+        stats.rejected_drafts[f"{role}:{last.reason}"] += 1
+        rejected.append({"reason": last.reason, "feedback": last.feedback, "text": text[:300]})
+        prompt = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": rewrite(last)}]
+    assert last is not None
+    raise DropConversation(f"{role}_{last.reason}", Rejection(stage.name, last.reason, rejected[-1]["text"]))
