@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import json
 import re
 import threading
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from fms_dgt.stages.base import Resources
 
 REPO = Path(__file__).resolve().parent.parent
 CHIT_CHAT = REPO / "tasks/public/examples/chit_chat/task.yaml"
@@ -27,6 +30,13 @@ PATTERNS = [
     {"name": "follow_up", "description": "Dig deeper.", "hint": "Ask a follow-up.", "weight": 0.6},
     {"name": "end", "description": "Say goodbye.", "hint": "Say goodbye.", "weight": 0.1},
 ]
+
+
+@dataclass
+class TaskResources(Resources):
+    """What stages get, plus the task they came from (for picking a stage's options in tests)."""
+
+    task: Any = None
 
 
 def task_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:

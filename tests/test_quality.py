@@ -144,6 +144,8 @@ class DuplicatingResponder:
 
     def __call__(self, messages: list[dict[str, str]], schema: Any, params: Any) -> Any:
         system = messages[0]["content"]
+        if schema is not None:  # the flow controller and the verifiers (which share the stage's prompt)
+            return self.inner(messages, schema, params)
         if system.startswith("You are role-playing"):
             exchange = sum(m["role"] == "assistant" for m in messages)  # roles are swapped for the user
             self.started += exchange == 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import task_dict, write_task
+from conftest import TaskResources, task_dict, write_task
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep, Persona, PersonaStep, ScenarioStep
 from fms_dgt.engines.scripted import ScriptedEngine
 from fms_dgt.errors import ConfigError
@@ -28,13 +27,6 @@ from fms_dgt.stats import RunStats
 OK = {"reason": "fine", "verdict": "ok"}
 PERSONA = Persona(role="retired teacher", expertise="beginner", domain="gardening", goals=["grow tomatoes"])
 SCENARIO = "A retired teacher wants to save her tomato plants from blight before the summer fair."
-
-
-@dataclass
-class TaskResources(Resources):
-    """What stages get, plus the task they came from (for picking a stage's options in tests)."""
-
-    task: Any = None
 
 
 def resources(tmp_path: Path, engine: ScriptedEngine, **task: Any) -> TaskResources:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import task_dict, write_task
+from conftest import TaskResources, task_dict, write_task
 from fms_dgt.conversation import FlowControllerStep, MessageStep
 from fms_dgt.engines.base import ChatResult, Usage
 from fms_dgt.engines.scripted import ScriptedEngine
@@ -37,7 +37,7 @@ def verified_task(tmp_path: Path, user: dict[str, Any] | None = None, assistant:
 def resources(tmp_path: Path, engines: dict[str, ScriptedEngine], data: dict[str, Any]) -> Resources:
     config = load_task(write_task(tmp_path, data)).config
     stats = RunStats()
-    return Resources(task=config, lm=LMClient(engines, stats), stats=stats)
+    return TaskResources(lm=LMClient(engines, stats), stats=stats, task=config)
 
 
 def user_stage(res: Resources) -> UserStage:
