@@ -133,6 +133,10 @@ FIXED_USER = [
 ]
 
 
+# The closing reply mentions what the user will do, as the assistant's closing check asks.
+FIXED_ASSISTANT = [*ASSISTANT_LINES[:3], "Good luck with the mulching this weekend, enjoy your garden!"]
+
+
 class DuplicatingResponder:
     """The first ``copies`` conversations are word for word the same; later ones vary
     (ChitChatResponder). Every conversation runs four exchanges (only follow_up fits)."""
@@ -152,7 +156,7 @@ class DuplicatingResponder:
             if self.started <= self.copies:
                 return FIXED_USER[exchange]
         elif system.startswith("You are a helpful") and self.started <= self.copies:
-            return ASSISTANT_LINES[sum(m["role"] == "user" for m in messages) - 1]
+            return FIXED_ASSISTANT[sum(m["role"] == "user" for m in messages) - 1]
         return self.inner(messages, schema, params)
 
 

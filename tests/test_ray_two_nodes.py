@@ -94,7 +94,7 @@ def test_workers_on_two_nodes_share_the_server_within_their_limits(
         path.write_text(yaml.safe_dump(task, sort_keys=False))
         code = main(["--task-paths", str(path), "--num-outputs-to-generate", str(n), "--restart",
                      "--output-dir", str(tmp_path), "--seed", "5", "--quiet", "--executor", "ray",
-                     "--ray-address", two_nodes, "--workers", str(WORKERS), "--concurrency", "6"])
+                     "--ray-address", two_nodes, "--workers", str(WORKERS)])
         stats = server.stats
     assert code == 0
     _, summary = read_output(tmp_path, n)  # exactly n records, unique ids, valid exchanges
@@ -103,6 +103,9 @@ def test_workers_on_two_nodes_share_the_server_within_their_limits(
     # Each worker holds at most MAX_CONCURRENCY requests to the server; together they did exceed
     # one worker's share, so both sent at once and the bound is their sum, not one worker's.
     assert MAX_CONCURRENCY < stats["peak_concurrency"] <= WORKERS * MAX_CONCURRENCY
-    if not summary["dropped"]:  # what the workers counted reached the driver's summary
+    # What the workers counted reached the driver's summary; a spare conversation cancelled at
+    # exactly N may have had a request on its way, which no one counts as a call.
+    assert summary["lm_calls"] <= stats["chat_requests"]
+    if not summary["dropped"] and not summary["spare"]["conversations"]:
         assert summary["lm_calls"] == stats["chat_requests"]
     assert not ray.is_initialized()  # the driver disconnected; the fixture stops the nodes

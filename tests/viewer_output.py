@@ -33,6 +33,8 @@ class ViewerResponder(ChitChatResponder):
         if "helpfulness" in properties:
             self.judged += 1
             return {"helpfulness": {"reasoning": "clear and on topic", "score": self.judged % 4}}
+        if schema is not None:  # the flow controller and the verifiers (which share the stage's prompt)
+            return super().__call__(messages, schema, params)
         if messages[0]["content"].startswith("You are role-playing"):
             self.user_calls += 1
             if self.user_calls % 5 == 1:
