@@ -59,9 +59,11 @@ class Pacer:
 
     def in_flight_cap(self, remaining: int) -> int:
         """Conversations that may be in flight while ``remaining`` are still needed: no more than
-        that, unless fewer remain than one engine can serve at once; then spares fill its limit."""
+        that, unless fewer remain than one engine can serve at once; then spares use the idle
+        capacity, but at most half as many as remain (every spare's tokens are paid for: filling
+        a limit of 44 for the last 10 conversations spent 68 % of a run's tokens on spares)."""
         serving = max((e.gate.limit for e in self.engines.values()), default=1)
-        return max(remaining, serving)
+        return max(remaining, min(serving, remaining + -(-remaining // 2)))
 
     def nominal(self) -> int:
         """Conversations per Ray worker: from pinned limits, or ``RAY_AUTO_GUESS`` for auto ones."""
