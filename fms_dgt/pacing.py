@@ -61,8 +61,10 @@ class Pacer:
         """Conversations that may be in flight while ``remaining`` are still needed: no more than
         that, unless fewer remain than one engine can serve at once; then spares use the idle
         capacity, but at most half as many as remain (every spare's tokens are paid for: filling
-        a limit of 44 for the last 10 conversations spent 68 % of a run's tokens on spares)."""
-        serving = max((e.gate.limit for e in self.engines.values()), default=1)
+        a limit of 44 for the last 10 conversations spent 68 % of a run's tokens on spares). The
+        embedded engine's free slots are not idle capacity (they share the CPU): no spares there;
+        one needed conversation with 3 spares beside it took 608 s in a real run."""
+        serving = max((e.gate.limit for e in self.engines.values() if not e.shares_compute), default=0)
         return max(remaining, min(serving, remaining + -(-remaining // 2)))
 
     def nominal(self) -> int:

@@ -31,6 +31,8 @@ def verified_task(tmp_path: Path, user: dict[str, Any] | None = None, assistant:
     stages = data["iteration_stages"]
     stages[1].update(user or {})
     stages[2].update(assistant or {})
+    for stage in stages[1:3]:  # the verifier is off by default; these tests are about it
+        stage.setdefault("verifier", {}).setdefault("enabled", True)
     return data
 
 

@@ -91,6 +91,9 @@ class Engine(ABC):
 
     Config: ClassVar[type[EngineConfig]] = EngineConfig
     registry_name: ClassVar[str]
+    # True when the engine's slots share this machine's CPU (the embedded model): a free slot is
+    # not idle capacity, since another conversation there slows the ones already decoding.
+    shares_compute: ClassVar[bool] = False
 
     def __init__(self, name: str, config: EngineConfig) -> None:
         self.name = name

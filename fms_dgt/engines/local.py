@@ -36,6 +36,7 @@ class LocalConfig(EngineConfig):
 class LocalEngine(Engine):
     Config = LocalConfig
     config: LocalConfig
+    shares_compute = True
 
     def __init__(self, name: str, config: LocalConfig) -> None:
         super().__init__(name, config)
