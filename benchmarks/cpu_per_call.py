@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from ray_scaling import start_server  # the simulated server in another process, shared
+
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "tasks/public/examples/chit_chat/task.yaml"
 # Profile rows grouped by where the code lives.
@@ -63,18 +65,8 @@ def group(file: str, function: str) -> str:
     return "other stdlib"
 
 
-def start_server(slots: int, latency: float) -> tuple[subprocess.Popen[str], str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fms_dgt.testing.lm_server", "--latency", str(latency), "--slots", str(slots),
-         "--plausible"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )
-    assert server.stdout is not None
-    return server, json.loads(server.stdout.readline())["url"]
-
-
 def run(args: argparse.Namespace, profile: Path | None = None) -> dict:
-    server, url = start_server(args.slots, args.latency)
+    server, url = start_server(slots=args.slots, latency=args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             task = yaml.safe_load(TASK.read_text())
