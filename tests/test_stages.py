@@ -264,7 +264,7 @@ async def test_flow_controller_termination_marks_last_turn(tmp_path: Path) -> No
 
 
 async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=[{"focus": "the tomato harvest"}])
+    engine = ScriptedEngine(replies=[])
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
@@ -273,8 +273,8 @@ async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path
     await stage(conv, ctx)
     assert conv.steps[-1].pattern == "end" and ctx.last_turn  # type: ignore[union-attr]
     assert conv.steps[-1].metadata["fixed_by"] == "closing"
-    assert len(engine.calls) == 1  # only the focus
-    assert conv.steps[-1].hint == "Say goodbye. Focus on: the tomato harvest."  # type: ignore[union-attr]
+    assert engine.calls == []  # a fixed move needs no judging and no focus
+    assert conv.steps[-1].hint == "Say goodbye."  # type: ignore[union-attr]
 
 
 async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_path: Path) -> None:
@@ -287,11 +287,39 @@ async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_pat
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     call = engine.calls[0]
     system = call.messages[0]["content"]
-    assert "Role: retired teacher." in system and SCENARIO in system and "Mention the recent rain." in system
+    assert "Role: retired teacher." in system and SCENARIO in system
     assert [m["role"] for m in call.messages[1:]] == ["assistant", "user"]
     assert call.messages[1]["content"] == "my tomatoes have spots"
-    assert call.messages[2]["content"] == "Probably early blight."
+    # The turn's hint comes last, after the reply: the only part that changes between turns.
+    assert call.messages[2]["content"].startswith("Probably early blight.\n\n(Stage direction")
+    assert call.messages[2]["content"].endswith("Mention the recent rain.)")
+    assert "Mention the recent rain." not in system
     assert conv.steps[-1].content == "we had loads of rain, does that matter?"  # label and quotes stripped
+
+
+async def test_user_prompt_keeps_its_prefix_from_one_turn_to_the_next(tmp_path: Path) -> None:
+    """Each call's prompt starts with the previous call's prompt up to the assistant's reply it
+    answered, then that call's own reply: llama.cpp reuses all of it from its prompt cache."""
+    engine = ScriptedEngine(replies=["does rain matter?", "should I cut the spotted leaves?"])
+    res = resources(tmp_path, engine)
+    seed = Conversation(task_name="t", conversation_id="s", steps=[
+        MessageStep(role="user", content=text) for text in ("ugh my sourdough died", "is decaf worth it", "help w taxes")
+    ])
+    res.seed_conversations = [seed]
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
+    conv = conversation(("my tomatoes have spots", "Probably early blight."))
+    ctx = ConversationContext(rng=random.Random(0), max_turns=4, turn=1)
+    conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Mention the rain."))
+    await stage(conv, ctx)
+    conv.steps.append(MessageStep(role="assistant", content="Rain spreads it."))
+    conv.steps.append(FlowControllerStep(content="clarify", pattern="clarify", hint="Ask what spreads means."))
+    ctx.turn = 2
+    await stage(conv, ctx)
+    first, second = (c.messages for c in engine.calls)
+    assert first[0] == second[0]  # the same system prompt, style examples included
+    assert second[1:3] == [first[1], {"role": "user", "content": "Probably early blight."}]
+    assert second[3] == {"role": "assistant", "content": "does rain matter?"}
 
 
 async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> None:

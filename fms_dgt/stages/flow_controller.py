@@ -53,7 +53,9 @@ class FlowControllerOptions(LMStageOptions):
         True, description="On the last allowed exchange, pick a termination pattern (closing exchange)."
     )
     adapt_hints: bool = Field(
-        True, description="Ask the LM what the chosen pattern's hint should focus on in this conversation."
+        True,
+        description="Ask the LM what the chosen pattern's hint should focus on in this conversation"
+        " (not for the opening and closing moves, which the scenario and the conversation fix).",
     )
     mode: Literal["two_call", "one_call"] = Field(
         "two_call",
@@ -297,8 +299,12 @@ class FlowControllerStage(LMStage):
                 hint, hint_fallback, rejected_focus = focused_hint(self.template(chosen), focus[chosen.name])
             else:  # the one call failed: keep to one call, use the template
                 hint, hint_fallback, rejected_focus = self.template(chosen), None, None
-        else:
+        elif fixed_by is None:
             hint, hint_fallback, rejected_focus = await self.adapt_hint(conv, ctx, chosen)
+        else:
+            # No LM call for a fixed move: the opening's subject is the scenario's, which the user
+            # stage already shows, and a closing is about the whole conversation.
+            hint, hint_fallback, rejected_focus = self.template(chosen), None, None
         fallback = fallback or hint_fallback
         if fallback:
             self.resources.stats.fallbacks[fallback] += 1

@@ -10,6 +10,7 @@ with the reason fed back.
 
 from __future__ import annotations
 
+import random
 import re
 
 from pydantic import Field
@@ -73,17 +74,12 @@ class UserOptions(VerifiedOptions):
     max_sentences: int = Field(4, ge=1, description="Longer drafts are cut to this many sentences.")
 
 
-def system_prompt(
-    conv: Conversation, hint: str | None, closing: bool, examples: list[str], extra: str = ""
-) -> str:
+def system_prompt(conv: Conversation, examples: list[str], extra: str = "") -> str:
+    """What stays the same for the whole conversation: it comes first, so every call of the
+    stage reuses the previous one's prompt cache (the turn's hint travels at the end, in a
+    stage direction after the assistant's last reply)."""
     persona = conv.persona
     who = persona.content if persona else "An ordinary person."
-    ending = (
-        " This is your last message: wrap up the conversation as the instruction says."
-        if closing
-        else ""
-    )
-    instruction = f"What to do in your next message: {hint}{ending}\n\n" if hint else ""
     extra = f"{extra}\n\n" if extra else ""
     situation = f"Your situation: {conv.scenario}\n\n" if conv.scenario else ""
     voice = ""
@@ -95,22 +91,26 @@ def system_prompt(
         " not the assistant: you ask about what you need and react to the answers; you never"
         " offer help, never give the assistant advice and never answer your own questions.\n\n"
         f"Who you are:\n{who}\n\n"
-        f"{situation}{voice}{extra}{instruction}"
+        f"{situation}{voice}{extra}"
         "Write only your next message, in the first person and in your own voice: 1 to 3 short"
         " sentences of plain text, with no quotation marks and no name or role label. Do not"
         " copy the description of your situation."
     )
 
 
+NEXT = "(Stage direction, not part of the chat. What to do in your next message: {hint})"
 CLOSING = "(Stage direction, not part of the chat: this is your last message. {hint})"
 
 
 def swapped_history(conv: Conversation, hint: str, closing: bool = False, extra: str = "") -> list[dict[str, str]]:
-    """The chat so far with roles swapped, ending with the assistant's last reply as ``user``.
+    """The chat so far with roles swapped, ending with the assistant's last reply as ``user``,
+    followed by a stage direction that carries the turn's hint.
 
-    For the first message, a stage direction carrying the hint stands in for that reply; for the
-    closing message one follows it, because small models overlook a goodbye asked for only in the
-    system prompt.
+    For the first message the direction stands in for that reply. The direction comes last
+    because it is the only part that changes from one turn to the next: everything before it
+    is the previous call's prompt and reply, which llama.cpp has cached. Small models also heed
+    a direction there more than one in the system prompt (they overlooked a goodbye asked for
+    only there).
     """
     swap = {"user": "assistant", "assistant": "user"}
     history = [
@@ -121,10 +121,10 @@ def swapped_history(conv: Conversation, hint: str, closing: bool = False, extra:
     if not history:
         role = with_article(conv.persona.persona.role) if conv.persona else "an ordinary person"
         extra = f"{extra} " if extra else ""
-        history = [{"role": "user", "content": OPENING.format(role=role, extra=extra, hint=hint)}]
-    elif closing:
-        last = history[-1]
-        history[-1] = {"role": "user", "content": f"{last['content']}\n\n{CLOSING.format(hint=hint)}"}
+        return [{"role": "user", "content": OPENING.format(role=role, extra=extra, hint=hint)}]
+    last = history[-1]
+    direction = (CLOSING if closing else NEXT).format(hint=hint)
+    history[-1] = {"role": "user", "content": f"{last['content']}\n\n{direction}"}
     return history
 
 
@@ -139,10 +139,7 @@ FEEDBACK = {
     "echoes_assistant": "It echoed the assistant's reply; say something of your own.",
     "pastes_scenario": "It copied the description of your situation; say it in your own words.",
 }
-REWRITE = (
-    "(Stage direction, not part of the chat: your last message does not work. {feedback} Write a new"
-    " message instead, as yourself: {hint})"
-)
+REWRITE = "(Your first try at this message did not work. {feedback} Write a different one, as yourself.)"
 VERIFY = (
     "(Stage direction, not part of the chat: check the message you just wrote as {role}. Answer"
     " sounds_like_assistant if it offers help, explains or answers like the AI assistant instead"
@@ -197,18 +194,20 @@ class UserStage(LMStage):
         step = conv.last("flow_controller")
         return step.hint if isinstance(step, FlowControllerStep) else "Continue the conversation naturally."
 
+    def style_examples(self, ctx: ConversationContext) -> list[str]:
+        """The same examples on every turn of a conversation (a fresh draw per turn would change
+        the system prompt and void the prompt cache), different ones per conversation."""
+        k = min(self.options.num_style_examples, len(self.examples))
+        return random.Random(f"{ctx.seed}:{ctx.attempt}:{self.name}").sample(self.examples, k) if k else []
+
     def prompt(self, conv: Conversation, ctx: ConversationContext) -> list[Message]:
         """The messages that write the next user message (the verifier's prefix too)."""
-        k = min(self.options.num_style_examples, len(self.examples))
-        examples = ctx.rng.sample(self.examples, k) if k else []
-        hint = self.hint(conv)
-        first = not conv.contents("assistant")
         extra = self.instructions(conv)
+        first = not conv.contents("assistant")
         return [
-            # The first message's hint travels in the opening direction instead, with the
-            # task's instructions repeated there: small models heed a direction more.
-            {"role": "system", "content": system_prompt(conv, None if first else hint, ctx.last_turn, examples, extra)},
-            *swapped_history(conv, hint, closing=ctx.last_turn and not first, extra=extra),
+            {"role": "system", "content": system_prompt(conv, self.style_examples(ctx), extra)},
+            # The opening direction repeats the task's instructions: small models heed a direction more.
+            *swapped_history(conv, self.hint(conv), closing=ctx.last_turn and not first, extra=extra),
         ]
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
@@ -231,7 +230,7 @@ class UserStage(LMStage):
             clean=clean,
             check=check,
             question=verifier_question(conv, hint),
-            rewrite=lambda r: REWRITE.format(feedback=r.feedback, hint=hint),
+            rewrite=lambda r: REWRITE.format(feedback=r.feedback),
             # Later attempts are a little more adventurous, to get out of a repetitive rut.
             temperature=lambda attempt: min(1.2, base + 0.15 * (attempt - 1)),
         )
