@@ -78,10 +78,12 @@ async def test_a_draft_the_verifier_fails_is_rewritten_with_its_reason(tmp_path:
     assert schema["properties"]["verdict"]["enum"] == ["ok", "sounds_like_assistant", "adds_nothing", "ignores_hint"]
     assert schema["properties"]["reason"]["maxLength"] == 80
     assert verdict.params["max_tokens"] == 64 and verdict.params["temperature"] == 0.0
-    # the rewrite sees its failed draft and the verifier's reason
-    assert rewrite.messages[: len(draft.messages)] == draft.messages
-    assert rewrite.messages[-2]["content"] == "Exactly right, blight is a fungus."
+    # the rewrite is the same prompt with the verifier's reason appended to its last message; the
+    # failed draft is not shown (small models shown it wrote it again)
+    assert rewrite.messages[:-1] == draft.messages[:-1]
+    assert rewrite.messages[-1]["content"].startswith(draft.messages[-1]["content"])
     assert "it only agrees" in rewrite.messages[-1]["content"] and rewrite.schema is None
+    assert not any("blight is a fungus" in m["content"] for m in rewrite.messages)
 
     step = conv.steps[-1]
     assert step.content == "ok, so how often should I water them?"

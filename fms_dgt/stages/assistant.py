@@ -48,7 +48,7 @@ FEEDBACK = {
     "repeats_itself": "It repeated one of your earlier replies; say something new.",
     "empty_closing": "It only said goodbye; also say something about what the two of you discussed.",
 }
-REWRITE = "(Note, not part of the chat: rewrite your last reply. {feedback} Write only the new reply.)"
+REWRITE = "(Note, not part of the chat: a first reply to this message was turned down. {feedback} Write only the reply.)"
 VERIFY = (
     "(Note, not part of the chat: check the reply you just wrote to my last message. Answer"
     " does_not_answer if it does not answer that message as the assistant; copies_user if it mostly"

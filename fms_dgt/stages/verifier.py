@@ -131,9 +131,11 @@ async def write_verified(
 ) -> tuple[str, dict[str, Any]]:
     """Draft, check, verify and rewrite until a draft passes; the text and its step metadata.
 
-    A rejected draft goes back to the writer as its own last message, followed by ``rewrite``'s
-    direction (which carries the reason), so the rewrite shares the prompt's prefix too. After
-    ``max_attempts`` drafts the conversation is dropped as ``<role>_<last reason>``.
+    A rewrite is the same prompt with ``rewrite``'s note (which carries the reason) appended to
+    its last message, so it shares the prompt's prefix in the cache. The rejected draft is not
+    shown: small models shown their own failed draft wrote it again (in a real run on
+    qwen2.5-1.5b, 3 drafts of 3 that repeated an earlier message). After ``max_attempts``
+    drafts the conversation is dropped as ``<role>_<last reason>``.
     """
     options = stage.options
     assert isinstance(options, VerifiedOptions)
@@ -164,6 +166,6 @@ async def write_verified(
             return text, metadata
         stats.rejected_drafts[f"{role}:{last.reason}"] += 1
         rejected.append({"reason": last.reason, "feedback": last.feedback, "text": text[:300]})
-        prompt = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": rewrite(last)}]
+        prompt = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']}\n\n{rewrite(last)}"}]
     assert last is not None
     raise DropConversation(f"{role}_{last.reason}", Rejection(stage.name, last.reason, rejected[-1]["text"]))
