@@ -1,9 +1,9 @@
 """How many conversations run at once, and what the tail costs.
 
 Conversations in flight follow the engines' current limits (``Engine.gate.limit``): twice the
-largest one, so an adaptive limit that grows always finds requests waiting for it, and the gate's
-priority queue (earliest conversation first) keeps the extra conversations from slowing the early
-ones. The runner wakes up when a limit grows, not only when a conversation ends.
+largest one on a server, so an adaptive limit that grows always finds requests waiting for it,
+and the gate's priority queue (earliest conversation first) keeps the extra conversations from
+slowing the early ones; one per slot on the embedded engine (see ``Pacer.wanted``). The runner wakes up when a limit grows, not only when a conversation ends.
 
 No idle tail: when fewer conversations are still needed than the engines can serve at once (their
 largest current limit), the runner starts spare ones up to that limit. These spares have the
@@ -53,9 +53,15 @@ class Pacer:
             engine.gate.listeners.append(self._poke)
 
     def wanted(self) -> int:
-        """Conversations to keep in flight now."""
-        limit = max((e.gate.limit for e in self.engines.values()), default=4)
-        return CONVERSATIONS_PER_SLOT * limit
+        """Conversations to keep in flight now: per request slot of the busiest engine, two on a
+        server and one on an engine that shares this machine's CPU. There a slot is never idle
+        for want of requests (a conversation's next call follows its last within milliseconds),
+        and a second conversation per slot would only take the slot in that gap: the early
+        conversations would share the CPU with twice as many and be kept later."""
+        return max(
+            (e.gate.limit * (1 if e.shares_compute else CONVERSATIONS_PER_SLOT) for e in self.engines.values()),
+            default=CONVERSATIONS_PER_SLOT * 4,
+        )
 
     def in_flight_cap(self, remaining: int) -> int:
         """Conversations that may be in flight while ``remaining`` are still needed: no more than
