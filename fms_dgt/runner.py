@@ -165,6 +165,7 @@ class Runner:
                     raise
                 conv.num_turns = len(conv.contents("assistant"))
                 ctx.turn += 1
+                self.stats.exchanges += 1
                 if ctx.last_turn:
                     conv.stop_reason = "flow_controller"
                     break
@@ -214,7 +215,8 @@ class Runner:
         target = self.options.num_outputs
         status, error = "completed", None
         progress = Progress(target, initial=before, enabled=self.options.progress, stats=self.stats,
-                            describe=self.guard.status, limits=self.pacer.limits)
+                            describe=self.guard.status, limits=self.pacer.limits,
+                            exchanges_per_conversation=(self.config.min_turns + self.config.max_turns) / 2)
         progress.start()
         if self.lm is not None:
             self.lm.after_call = self.guard.after_call

@@ -60,6 +60,9 @@ class RunStats:
     repairs: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
     attempts: int = 0
+    # Complete user/assistant exchanges written, in kept, dropped and unfinished conversations
+    # alike: the progress line's sign of life and its early ETA, before any conversation is kept.
+    exchanges: int = 0
 
     def record_call(
         self,
@@ -95,6 +98,7 @@ class RunStats:
             getattr(self, counter).update(getattr(other, counter))
         self.accepted += other.accepted
         self.attempts += other.attempts
+        self.exchanges += other.exchanges
 
     def take(self) -> RunStats:
         """The counters so far, zeroed here in place (stages keep a reference to this object)."""
@@ -103,13 +107,14 @@ class RunStats:
             per_engine=dict(self.per_engine),
             accepted=self.accepted,
             attempts=self.attempts,
+            exchanges=self.exchanges,
             **{counter: getattr(self, counter).copy() for counter in _COUNTERS},
         )
         for table in (self.per_stage, self.per_engine):
             table.clear()
         for counter in _COUNTERS:
             getattr(self, counter).clear()
-        self.accepted = self.attempts = 0
+        self.accepted = self.attempts = self.exchanges = 0
         return taken
 
     @property
@@ -128,6 +133,7 @@ class RunStats:
         return {
             "accepted": self.accepted,
             "attempts": self.attempts,
+            "exchanges": self.exchanges,
             "dropped": dict(self.dropped),
             "rescued": dict(self.rescued),
             "stop_reasons": dict(self.stop_reasons),

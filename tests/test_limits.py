@@ -320,3 +320,17 @@ def test_bad_limit_flags_exit_2(args: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--task-paths", str(write_task(tmp_path, task_dict(tmp_path))), *args])
     assert info.value.code == 2
+
+
+def test_progress_shows_exchanges_and_an_eta_before_any_conversation_is_kept() -> None:
+    stats = RunStats()
+    progress = Progress(10, initial=0, enabled=False, stats=stats, exchanges_per_conversation=3.0)
+    assert "0 exchanges" in progress.line() and "eta" not in progress.line()  # nothing to go on yet
+    progress.started -= 60.0  # one minute in, 6 of the 30 exchanges the run needs are written
+    stats.exchanges = 6
+    assert "6 exchanges" in progress.line()
+    assert "eta ~4 min (from 6 exchanges)" in progress.line()  # 24 more at 6 a minute
+    stats.accepted, stats.turns[2] = 1, 1  # kept conversations are shorter: 20 exchanges in all
+    assert "eta ~2 min" in progress.line()
+    progress.describe = lambda: "forecast for 10: ..."
+    assert "forecast for 10" in progress.line() and "eta" not in progress.line()  # the forecast wins
