@@ -1,30 +1,33 @@
-"""Embedded-engine throughput: the pipeline against the raw engine on the same llama.cpp slots.
+"""The README's main command on the embedded engine, beside what this machine can do at most.
 
-1. raw: ``slots`` request streams straight to ``LocalEngine.chat`` (chit-chat-sized prompts of
-   ~300 tokens, 60 generated tokens each), the most this model can do here with these slots;
-2. pipeline: the chit-chat task through the CLI on the same model and slots.
+1. raw rates of the engine on this machine, with the task's slots: prompt processing (one
+   ~600-token prompt, prompt cache off) and generation (``slots`` streams at once, 48 tokens each);
+2. the README's main command as written, in a subprocess (only ``--output-dir`` is added, to a
+   temporary folder): wall time, time to the first kept conversation, and from the run's own
+   counters the LM calls, prompt tokens processed (sent minus those llama.cpp took from its
+   prompt cache) and generated tokens, in total and per kept conversation;
+3. the limit model: the run's processed prompt tokens at the raw prompt rate plus its generated
+   tokens at the raw generation rate is what those tokens cost at least here; the ratio of the
+   measured wall time to it says how much time went to waiting and overhead rather than to tokens,
+   and the per-kept figures say which tokens to cut.
 
-For each it prints prompt tokens sent, prompt tokens actually processed (sent minus those llama.cpp
-reused from its prompt cache), generated tokens, and tokens/s. The ratio line compares processed
-tokens/s (prompt processed + generated) of the pipeline to the raw engine.
-
-    python benchmarks/local_engine.py                       # qwen2.5-0.5b, 4 slots, 4 conversations
-    python benchmarks/local_engine.py --model qwen2.5-1.5b --conversations 8
+    python benchmarks/local_engine.py                          # the README command, N=10
+    python benchmarks/local_engine.py -n 3 --model qwen2.5-0.5b  # a tuned run beside it
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import yaml
-
-from fms_dgt.cli import main
-from fms_dgt.engines.local import LocalConfig, LocalEngine
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "tasks/public/examples/chit_chat/task.yaml"
@@ -34,65 +37,106 @@ FILLER = (
 )
 
 
-def line(kind: str, wall: float, sent: int, cached: int, generated: int, **extra: object) -> dict:
-    processed = sent - cached
-    record = {
-        "run": kind, "wall_s": round(wall, 1), "prompt_tokens_sent": sent, "prompt_tokens_processed": processed,
-        "generated_tokens": generated, "generated_tok_per_s": round(generated / wall, 2),
-        "processed_tok_per_s": round((processed + generated) / wall, 2), **extra,
-    }
-    print(json.dumps(record), flush=True)
-    return record
+def raw_rates(model: str | None, slots: int) -> dict[str, float]:
+    """Prompt tokens/s and generated tokens/s (all slots together) of the bare llama.cpp server."""
+    import xllamacpp
 
+    from fms_dgt.engines import local_models
 
-async def raw(model: str, slots: int, requests: int) -> dict:
-    engine = LocalEngine("raw", LocalConfig(type="local", model=model, max_concurrency=slots))
-    await engine.check()
-    sent = cached = generated = 0
-    queue = list(range(requests))
+    params = xllamacpp.CommonParams()
+    params.model.path = str(local_models.resolve(model))
+    params.n_parallel = slots
+    params.n_ctx = 4096 * slots
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        cpu.n_threads = os.cpu_count() or 2
+        cpu.poll = 0  # as the engine sets it
+    params.verbosity = -1
+    params.port = 0
+    server = xllamacpp.Server(params)
+    server.handle_chat_completions({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    t0 = time.perf_counter()
+    reply = server.handle_chat_completions({
+        "messages": [{"role": "system", "content": FILLER * 16}, {"role": "user", "content": "Any tips?"}],
+        "max_tokens": 1, "cache_prompt": False,
+    })
+    prompt_rate = reply["usage"]["prompt_tokens"] / (time.perf_counter() - t0)
+    generated: list[int] = []
 
-    async def stream() -> None:
-        nonlocal sent, cached, generated
-        while queue:
-            i = queue.pop()
-            prompt = [{"role": "system", "content": FILLER * 6}, {"role": "user", "content": f"Message {i}: any tips?"}]
-            result = await engine.chat(prompt, max_tokens=60, temperature=0.8, seed=i)
-            sent += result.usage.prompt_tokens
-            cached += result.usage.cached_tokens
-            generated += result.usage.completion_tokens
+    def stream(i: int) -> None:
+        reply = server.handle_chat_completions({
+            "messages": [{"role": "user", "content": f"Tell me a long story about dragon number {i}."}],
+            "max_tokens": 48, "temperature": 0.8, "seed": i, "ignore_eos": True,
+        })
+        generated.append(reply["usage"]["completion_tokens"])
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(stream() for _ in range(slots)))
-    wall = time.perf_counter() - t0
-    await engine.aclose()
-    return line("raw_engine", wall, sent, cached, generated, slots=slots, requests=requests)
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    generation_rate = sum(generated) / (time.perf_counter() - t0)
+    del server
+    return {"prompt_tok_per_s": round(prompt_rate, 1), "generated_tok_per_s": round(generation_rate, 1)}
 
 
-def pipeline(model: str, slots: int, conversations: int) -> dict:
-    task = yaml.safe_load(TASK.read_text())
-    task["engines"]["default"].update({"model": model, "max_concurrency": slots})
+def readme_command(num: int, task: Path, out: Path) -> tuple[list[str], float, int]:
+    command = [sys.executable, "-m", "fms_dgt.public", "--task-paths", str(task),
+               "--num-outputs-to-generate", str(num), "--restart"]
+    t0 = time.perf_counter()
+    code = subprocess.run([*command, "--output-dir", str(out)], cwd=REPO).returncode
+    return command, time.perf_counter() - t0, code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--num", type=int, default=10, help="conversations (the README says 10)")
+    parser.add_argument("--model", help="run the task on this local model instead (a tuned run)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw rates (no limit model)")
+    args = parser.parse_args()
+    spec = yaml.safe_load(TASK.read_text())
+    engine = spec["engines"]["default"]
+    slots = int(engine.get("max_concurrency", 4))
+    model = args.model or engine.get("model")
+    print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
+    rates = None if args.no_raw else raw_rates(model, slots)
+    if rates:
+        print(json.dumps({"raw_engine": rates, "model": model, "slots": slots}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "task.yaml"
-        path.write_text(yaml.safe_dump(task, sort_keys=False))
-        t0 = time.perf_counter()
-        code = main(["--task-paths", str(path), "--num-outputs-to-generate", str(conversations), "--restart",
-                     "--output-dir", str(Path(tmp) / "out"), "--seed", "1", "--quiet"])
-        wall = time.perf_counter() - t0
+        task = TASK
+        if args.model:
+            engine["model"] = args.model
+            task = Path(tmp) / "task.yaml"
+            task.write_text(yaml.safe_dump(spec, sort_keys=False))
+        command, wall, code = readme_command(args.num, task, Path(tmp) / "out")
         summary = json.loads((Path(tmp) / "out/public/examples/chit_chat/run_summary.json").read_text())
-    assert code == 0, f"pipeline run failed ({code})"
+    kept = summary["accepted"]
     stats = summary["per_engine"]["default"]
-    return line("pipeline", wall, stats["prompt_tokens"], stats["cached_prompt_tokens"], stats["completion_tokens"],
-                slots=slots, conversations=summary["total"], lm_calls=summary["lm_calls"])
+    processed = stats["prompt_tokens"] - stats["cached_prompt_tokens"]
+    generated = stats["completion_tokens"]
+    record = {
+        "command": " ".join(command[1:]), "exit": code, "wall_s": round(wall, 1),
+        "first_kept_s": summary.get("time_to_first_kept_seconds"), "kept": kept, "lm_calls": summary["lm_calls"],
+        "prompt_tokens_sent": stats["prompt_tokens"], "prompt_tokens_processed": processed,
+        "generated_tokens": generated,
+        "cache_hit_rate": round(stats["cached_prompt_tokens"] / max(stats["prompt_tokens"], 1), 3),
+        "per_kept": {
+            "lm_calls": round(summary["lm_calls"] / max(kept, 1), 1),
+            "prompt_tokens_processed": round(processed / max(kept, 1)),
+            "generated_tokens": round(generated / max(kept, 1)),
+        },
+        "per_stage": {
+            name: {"calls": s["calls"], "processed": s["prompt_tokens"] - s["cached_prompt_tokens"],
+                   "generated": s["completion_tokens"]}
+            for name, s in summary["per_stage"].items()
+        },
+    }
+    if rates:
+        floor = processed / rates["prompt_tok_per_s"] + generated / rates["generated_tok_per_s"]
+        record["limit_s"] = round(floor, 1)
+        record["wall_over_limit"] = round(wall / floor, 2)
+    print(json.dumps(record, indent=1), flush=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b")
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--conversations", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=24, help="requests in the raw run")
-    args = parser.parse_args()
-    base = asyncio.run(raw(args.model, args.slots, args.requests))
-    run = pipeline(args.model, args.slots, args.conversations)
-    print(json.dumps({"pipeline_vs_raw_processed_tok_per_s": round(run["processed_tok_per_s"] / base["processed_tok_per_s"], 3),
-                      "pipeline_vs_raw_generated_tok_per_s": round(run["generated_tok_per_s"] / base["generated_tok_per_s"], 3)}))
+    main()
