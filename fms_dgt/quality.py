@@ -18,15 +18,12 @@ from pathlib import Path
 from fms_dgt.config import QualityConfig
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.dedup import NearDuplicateIndex
+from fms_dgt.stages.text import ASSISTANT_RUN, USER_RUN, Words, copies
 from fms_dgt.stages.user import _ASSISTANT_OPENER, _ASSISTANT_VOICE  # the user stage's fast filter
 from fms_dgt.stats import RunStats
 
 logger = logging.getLogger(__name__)
 
-# Near-copies between two messages: a run of this many consecutive words (all of the copied
-# message when it is shorter, if it has at least MIN_COPY_WORDS), or word sets this similar.
-USER_RUN, ASSISTANT_RUN, MIN_COPY_WORDS = 10, 8, 4
-COPY_JACCARD, MIN_JACCARD_WORDS = 0.6, 6
 # A closing user message must say something: at least this many content words (4+ letters,
 # not courtesy or filler words).
 MIN_CLOSING_WORDS = 2
@@ -47,35 +44,6 @@ def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-class _Words:
-    """A message's words, with its word set and n-gram sets built once (checks compare every pair)."""
-
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokens(text)
-        self.set = set(self.tokens)
-        self._grams: dict[int, set[tuple[str, ...]]] = {}
-
-    def grams(self, n: int) -> set[tuple[str, ...]]:
-        found = self._grams.get(n)
-        if found is None:
-            t = self.tokens
-            found = self._grams[n] = {tuple(t[i : i + n]) for i in range(len(t) - n + 1)}
-        return found
-
-
-def copies(text: _Words, source: _Words, run: int) -> bool:
-    """True if ``text`` reproduces ``source``: a run of ``run`` consecutive words of it (all of
-    it when shorter, if it has at least MIN_COPY_WORDS), or nearly the same set of words."""
-    n = min(run, len(source.tokens))
-    if n >= MIN_COPY_WORDS and not text.grams(n).isdisjoint(source.grams(n)):
-        return True
-    a, b = text.set, source.set
-    if len(a) < MIN_JACCARD_WORDS or len(b) < MIN_JACCARD_WORDS:
-        return False
-    common = len(a & b)
-    return common / (len(a) + len(b) - common) >= COPY_JACCARD
-
-
 def content_words(text: str) -> list[str]:
     return [w for w in _tokens(text) if len(w) >= 4 and not w.isdigit() and w not in _COURTESY]
 
@@ -91,8 +59,8 @@ def problem(conv: Conversation) -> str | None:
         if step.role == "assistant" and step.metadata.get("finish_reason") == "length":
             if not _SENTENCE_END.search(step.content):
                 return "reply_cut_off"  # max_tokens cut it and no whole sentence could be kept
-    users = [_Words(s.content) for s in chat[0::2]]
-    replies = [_Words(s.content) for s in chat[1::2]]
+    users = [Words(s.content) for s in chat[0::2]]
+    replies = [Words(s.content) for s in chat[1::2]]
     for i, step in enumerate(chat[0::2]):
         if _ASSISTANT_VOICE.search(step.content) or _ASSISTANT_OPENER.match(step.content):
             return "user_as_assistant"

@@ -371,6 +371,11 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
         # seen on qwen2.5-1.5b: the user leaves, then the next exchange talks past the goodbye
         ("Great to hear! It's a pleasure to share it with my students. Have a great day!", "premature_goodbye"),
         ("ok thanks, bye!", "premature_goodbye"),
+        # seen on qwen2.5-1.5b: every message opened like the first one
+        ("Hey there, AI assistant! Should I cut the spotted leaves?", "greets_again"),
+        ("Hello! so should I cut the spotted leaves off?", "greets_again"),
+        # the gate's copy check, applied where the turn is written: a 10-word run of an earlier reply
+        ("So you say it is probably early blight, a fungal disease, right? ok", "echoes_assistant"),
     ],
 )
 def test_user_draft_rejections(draft: str, reason: str | None) -> None:

@@ -153,13 +153,13 @@ async def test_a_verdict_that_never_fits_the_schema_passes_the_draft(tmp_path: P
 
 async def test_drafts_failing_every_attempt_drop_with_the_last_reason(tmp_path: Path) -> None:
     fail = {"reason": "talks about something else", "verdict": "does_not_answer"}
-    engine = ScriptedEngine(replies=["Chess is fun.", fail, "Chess is a board game.", fail])
+    engine = ScriptedEngine(replies=["Chess is fun.", fail, "Chess is a board game.", fail, "Chess has rules.", fail])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(MessageStep(role="user", content="how often should I water them?"))
     with pytest.raises(DropConversation, match="^assistant_verifier_does_not_answer$"):
         await assistant_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
-    assert res.stats.verdicts == {"assistant:does_not_answer": 2}
+    assert res.stats.verdicts == {"assistant:does_not_answer": 3}  # max_attempts 3
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pydantic import Field
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.engines.base import ChatResult
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, shares_run, trim_unfinished, words
+from fms_dgt.stages.text import ASSISTANT_RUN, Words, clean_reply, copies, shares_run, trim_unfinished, words
 from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 from fms_dgt.templates import render
 
@@ -74,9 +74,15 @@ def rejection(reply: str, conv: Conversation, *, closing: bool, allow_ai_self_de
     if not allow_ai_self_description and _AI_SELF.search(reply):
         return "ai_self_description"
     users = conv.contents("user")
+    mine = Words(reply)
     if users and shares_run(reply, users[-1], COPY_RUN_USER):
         return "copies_user"
-    if any(shares_run(reply, earlier, COPY_RUN_SELF) for earlier in conv.contents("assistant")):
+    if any(copies(mine, Words(user), ASSISTANT_RUN) for user in users):  # the gate's check too
+        return "copies_user"
+    earlier_replies = conv.contents("assistant")
+    if any(shares_run(reply, earlier, COPY_RUN_SELF) for earlier in earlier_replies):
+        return "repeats_itself"
+    if any(copies(mine, Words(earlier), ASSISTANT_RUN) for earlier in earlier_replies):
         return "repeats_itself"
     if closing:
         said = set().union(*(topic_words(u) for u in users)) if users else set()
@@ -105,7 +111,9 @@ class AssistantOptions(VerifiedOptions):
         description="Record the system prompt in the conversation: it becomes the first message of"
         " formatted_output.jsonl, so the model is trained with it.",
     )
-    max_attempts: int = Field(2, ge=1)
+    # A rewrite costs one reply; running out of attempts costs the whole conversation (minutes
+    # on the embedded model: 3 of 7 conversations dropped as copies_user with 2 attempts).
+    max_attempts: int = Field(3, ge=1, description="Drafts tried before the conversation is dropped.")
     allow_ai_self_description: bool = Field(
         False, description="Let replies describe the assistant as an AI model ('As an AI language model, ...')."
     )

@@ -69,3 +69,41 @@ def shares_run(a: str, b: str, n: int) -> bool:
     grams = {tuple(wb[i : i + n]) for i in range(len(wb) - n + 1)}
     wa = words(a)
     return any(tuple(wa[i : i + n]) in grams for i in range(len(wa) - n + 1))
+
+
+# Near-copies between two messages, for the stages' turn checks and the conversation gate alike
+# (a turn the gate would reject is rewritten where it is written, not found after the whole
+# conversation was paid for): a run of this many consecutive words (all of the copied message
+# when it is shorter, if it has at least MIN_COPY_WORDS), or word sets this similar.
+USER_RUN, ASSISTANT_RUN, MIN_COPY_WORDS = 10, 8, 4
+COPY_JACCARD, MIN_JACCARD_WORDS = 0.6, 6
+_WORD = re.compile(r"\w+")
+
+
+class Words:
+    """A message's words, with its word set and n-gram sets built once (checks compare every pair)."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _WORD.findall(text.lower())
+        self.set = set(self.tokens)
+        self._grams: dict[int, set[tuple[str, ...]]] = {}
+
+    def grams(self, n: int) -> set[tuple[str, ...]]:
+        found = self._grams.get(n)
+        if found is None:
+            t = self.tokens
+            found = self._grams[n] = {tuple(t[i : i + n]) for i in range(len(t) - n + 1)}
+        return found
+
+
+def copies(text: Words, source: Words, run: int) -> bool:
+    """True if ``text`` reproduces ``source``: a run of ``run`` consecutive words of it (all of
+    it when shorter, if it has at least MIN_COPY_WORDS), or nearly the same set of words."""
+    n = min(run, len(source.tokens))
+    if n >= MIN_COPY_WORDS and not text.grams(n).isdisjoint(source.grams(n)):
+        return True
+    a, b = text.set, source.set
+    if len(a) < MIN_JACCARD_WORDS or len(b) < MIN_JACCARD_WORDS:
+        return False
+    common = len(a & b)
+    return common / (len(a) + len(b) - common) >= COPY_JACCARD

@@ -18,7 +18,7 @@ from pydantic import Field
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.engines.base import ChatResult, Message
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, first_sentences, overlap, shares_run, with_article
+from fms_dgt.stages.text import USER_RUN, Words, clean_reply, copies, first_sentences, overlap, shares_run, with_article
 from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
@@ -58,6 +58,10 @@ _GOODBYE = re.compile(
     r"\b(good ?bye|bye|have a (great|good|nice|wonderful) (day|one|night|evening|week|trip)|take care|see you)\b",
     re.IGNORECASE,
 )
+
+# A greeting opens a conversation; after the first exchange it is the model copying its own
+# first message ("Hey there, AI assistant! ..." on every turn, seen on qwen2.5-1.5b).
+_GREETING = re.compile(r"^\W*(hey|hi|hello|hiya|greetings|good (morning|afternoon|evening))\b", re.IGNORECASE)
 
 # Before the first message there is no assistant turn to answer; this direction takes its place.
 OPENING = (
@@ -138,6 +142,7 @@ FEEDBACK = {
     "repeats_itself": "It repeated one of your earlier messages.",
     "echoes_assistant": "It echoed the assistant's reply; say something of your own.",
     "pastes_scenario": "It copied the description of your situation; say it in your own words.",
+    "greets_again": "Do not greet again: the chat is already going; say what you want to say.",
 }
 REWRITE = "(Your first try at this message did not work. {feedback} Write a different one, as yourself.)"
 VERIFY = (
@@ -167,11 +172,16 @@ def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | No
         return "premature_goodbye"
     if _ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft):
         return "sounds_like_assistant"
+    if conv.contents("user") and _GREETING.match(draft):
+        return "greets_again"
+    mine = Words(draft)
     for earlier in conv.contents("user"):
-        if overlap(draft, earlier) > 0.8:
+        if overlap(draft, earlier) > 0.8 or copies(mine, Words(earlier), USER_RUN):
             return "repeats_itself"
-    last_reply = conv.contents("assistant")[-1:]
-    if last_reply and (overlap(draft, last_reply[0]) > 0.8 or shares_run(draft, last_reply[0], 10)):
+    replies = conv.contents("assistant")
+    if replies and (overlap(draft, replies[-1]) > 0.8 or shares_run(draft, replies[-1], 10)):
+        return "echoes_assistant"
+    if any(copies(mine, Words(reply), USER_RUN) for reply in replies):  # the gate's check too
         return "echoes_assistant"
     if conv.scenario and shares_run(draft, conv.scenario, 7):
         return "pastes_scenario"
