@@ -20,7 +20,7 @@ from fms_dgt.stages.base import ConversationContext, DropConversation, Resources
 from fms_dgt.stages.flow_controller import FlowControllerStage
 from fms_dgt.stages.persona import PersonaStage, render_persona
 from fms_dgt.stages.scenario import ScenarioStage
-from fms_dgt.stages.user import UserStage, rejection
+from fms_dgt.stages.user import UserStage, rejection, without_greeting
 from fms_dgt.stats import RunStats
 
 # The verifier's answer to a draft that passes (it follows each draft the phrase checks accept).
@@ -381,6 +381,31 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
 def test_user_draft_rejections(draft: str, reason: str | None) -> None:
     conv = conversation(("my tomatoes have spots", "Probably early blight, a fungal disease."))
     assert rejection(draft, conv) == reason
+
+
+@pytest.mark.parametrize(
+    ("draft", "expected"),
+    [
+        ("Hey there, AI assistant! Should I cut the spotted leaves?", "Should I cut the spotted leaves?"),
+        ("Hi, should I cut the spotted leaves off?", "Should I cut the spotted leaves off?"),
+        ("Hello again! Thanks.", "Hello again! Thanks."),  # nothing would be left: rejected instead
+        ("Hmm, should I cut them?", "Hmm, should I cut them?"),
+    ],
+)
+def test_a_greeting_after_the_first_exchange_is_cut_off(draft: str, expected: str) -> None:
+    assert without_greeting(draft) == expected
+
+
+async def test_user_stage_cuts_a_repeated_greeting_instead_of_rewriting(tmp_path: Path) -> None:
+    engine = ScriptedEngine(replies=["Hey there, AI assistant! Does the rain make it worse?"])
+    res = resources(tmp_path, engine)
+    stage = UserStage(stage_options(res, "lm/user/guided"), res)
+    stage.setup()
+    conv = conversation(("my tomatoes have spots", "Probably early blight."))
+    conv.steps.append(FlowControllerStep(content="follow_up", pattern="follow_up", hint="Mention the rain."))
+    await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
+    assert conv.steps[-1].content == "Does the rain make it worse?"
+    assert res.stats.repairs == {"user:greeting_removed": 1} and len(engine.calls) == 1
 
 
 def test_a_goodbye_is_fine_in_the_closing_message() -> None:

@@ -61,7 +61,31 @@ _GOODBYE = re.compile(
 
 # A greeting opens a conversation; after the first exchange it is the model copying its own
 # first message ("Hey there, AI assistant! ..." on every turn, seen on qwen2.5-1.5b).
+# It is cut off when the rest is a message of its own; rewriting did not help (one
+# conversation dropped after 3 drafts that all opened "Hey there, AI assistant!").
 _GREETING = re.compile(r"^\W*(hey|hi|hello|hiya|greetings|good (morning|afternoon|evening))\b", re.IGNORECASE)
+_SHORT_SENTENCE = re.compile(r"[^.!?]*[.!?]+\s*")
+_VOCATIVE = re.compile(r"[^,.!?]{0,20},\s*")
+
+
+def without_greeting(draft: str) -> str:
+    """The draft without an opening greeting ("Hey there, AI assistant! ...", "Hi, ..."), if at
+    least three words are left."""
+    match = _GREETING.match(draft)
+    if match is None:
+        return draft
+    rest = draft[match.end() :]
+    sentence = _SHORT_SENTENCE.match(rest)
+    if sentence is not None and len(sentence.group().split()) <= 4:  # "Hey there, AI assistant!"
+        rest = rest[sentence.end() :]
+    elif (vocative := _VOCATIVE.match(rest)) is not None:  # "Hi, should I ...", "Hey Sam, ..."
+        rest = rest[vocative.end() :]
+    else:
+        return draft
+    if len(rest.split()) < 3:
+        return draft
+    return rest[0].upper() + rest[1:]
+
 
 # Before the first message there is no assistant turn to answer; this direction takes its place.
 OPENING = (
@@ -228,6 +252,11 @@ class UserStage(LMStage):
             return first_sentences(without_meta_note(clean_reply(result.text)), self.options.max_sentences)
 
         def check(draft: str, result: ChatResult) -> tuple[str, DraftProblem | None]:
+            if conv.contents("user"):
+                trimmed = without_greeting(draft)
+                if trimmed != draft:
+                    self.resources.stats.repairs["user:greeting_removed"] += 1
+                    draft = trimmed
             reason = rejection(draft, conv, closing=ctx.last_turn)
             return draft, DraftProblem(reason, FEEDBACK[reason]) if reason else None
 
