@@ -176,7 +176,12 @@ async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, min_turns=3, turn=1))
     prompt = engine.calls[0].messages[-1]["content"]
     assert SCENARIO in prompt and "User: my tomatoes have spots" in prompt and "Assistant: Probably blight." in prompt
-    assert "- follow_up: Dig deeper." in prompt
+    # every pattern is listed once in the system prompt (the same for every call, so it stays in
+    # the prompt cache); what is not allowed at this exchange is said at the end
+    system = engine.calls[0].messages[0]["content"]
+    assert "- follow_up: Dig deeper." in system and "- end:" in system and "Dig deeper" not in prompt
+    assert engine.calls[1].messages[0] == engine.calls[0].messages[0]
+    assert prompt.index("Not allowed now: end.") > prompt.index("Assistant: Probably blight.")
     # exchange 2 cannot be the last when min_turns is 3: ending is not offered: the schema only allows the other names
     assert engine.calls[0].schema["properties"]["eligible_patterns"]["items"]["enum"] == ["new_topic", "follow_up"]
     step = conv.steps[-1]

@@ -163,6 +163,10 @@ class FlowControllerStage(LMStage):
 
     def setup(self) -> None:
         self.by_name = {p.name: p for p in self.options.patterns}
+        # Every pattern, once, in the system prompt: the same for every call of the run, so the
+        # prompt cache holds it; what is not allowed at this exchange is said last, in the question.
+        listing = "\n".join(f"- {p.name}: {p.description}" for p in self.options.patterns)
+        self.system = f"{SYSTEM}\n\nThe moves the user can make:\n{listing}"
         self.terminal = set(self.options.termination_patterns)
         self.share = self.options.weight_shares()
         # Moves drawn by weight so far (not fixed as opening or closing), for the deficit.
@@ -213,14 +217,13 @@ class FlowControllerStage(LMStage):
     ) -> tuple[list[str], str, str | None]:
         """Ask which offered patterns fit; on unusable output, all offered ones do."""
         names = tuple(p.name for p in offered)
-        listing = "\n".join(f"- {p.name}: {p.description}" for p in offered)
         prompt = (
-            f"{self.context_text(conv, ctx)}\n\nPossible moves for the user's next message:\n{listing}\n\n"
-            "Which of these moves would be natural for the user's next message? Reply in JSON with"
+            f"{self.context_text(conv, ctx)}\n\n{self.not_offered(offered)}"
+            "Which of the moves would be natural for the user's next message? Reply in JSON with"
             ' "reasoning" (one short sentence) and "eligible_patterns" (the names of every move'
             " that fits)."
         )
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
             result = await self.chat(ctx, messages, schema=eligibility_model(names))
         except StructuredOutputError:
@@ -234,14 +237,13 @@ class FlowControllerStage(LMStage):
     ) -> tuple[list[str], str, dict[str, str], str | None]:
         """One call: which offered patterns fit, each with what the message should be about."""
         names = tuple(p.name for p in offered)
-        listing = "\n".join(f"- {p.name}: {p.description}" for p in offered)
         prompt = (
-            f"{self.context_text(conv, ctx)}\n\nPossible moves for the user's next message:\n{listing}\n\n"
-            "Which of these moves would be natural for the user's next message? Reply in JSON with"
+            f"{self.context_text(conv, ctx)}\n\n{self.not_offered(offered)}"
+            "Which of the moves would be natural for the user's next message? Reply in JSON with"
             ' "reasoning" (one short sentence) and "moves": for every move that fits, its "pattern"'
             f' name and a "focus": {FOCUS_REQUEST}'
         )
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
             result = await self.chat(ctx, messages, schema=moves_model(names))
         except StructuredOutputError:
@@ -251,6 +253,12 @@ class FlowControllerStage(LMStage):
         for move in reply.moves:
             focus.setdefault(move.pattern, move.focus)
         return list(focus), reply.reasoning, focus, None
+
+    def not_offered(self, offered: list[Pattern]) -> str:
+        """The moves not allowed at this exchange ('' when all are), for the end of the question."""
+        allowed = {p.name for p in offered}
+        left_out = [p.name for p in self.options.patterns if p.name not in allowed]
+        return f"Not allowed now: {', '.join(left_out)}.\n" if left_out else ""
 
     @staticmethod
     def template(pattern: Pattern) -> str:
@@ -269,7 +277,7 @@ class FlowControllerStage(LMStage):
             f'What should that message be about? Reply in JSON: {{"focus": "..."}}, where focus is'
             f" {FOCUS_REQUEST}"
         )
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
             result = await self.chat(ctx, messages, schema=Focus, temperature=0.7)
         except StructuredOutputError:
