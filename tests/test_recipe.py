@@ -188,7 +188,7 @@ async def test_lm_conversation_drops_after_its_attempts(tmp_path: Path) -> None:
     engine = ScriptedEngine(responder=lambda m, s, p: whole_chat(3))
     runner = runner_for(tmp_path, one_call_task(tmp_path, max_attempts=2), engine, 1)
     runner.options.num_outputs = 1
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "conversation_wrong_length"
     assert len(engine.calls) == 2
 
@@ -233,7 +233,7 @@ async def test_judge_scores_go_into_the_record_and_its_prompt_shows_only_the_sco
 async def test_judge_rejects_a_score_outside_the_rubric_then_falls_back_to_drop(tmp_path: Path) -> None:
     engine = ScriptedEngine(responder=RecipeResponder(toxicity=7))
     runner = runner_for(tmp_path, judge_task(tmp_path), engine, 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "judge_invalid_json"
     judge_calls = [c for c in engine.calls if c.schema and "user_toxicity" in c.schema["properties"]]
     assert len(judge_calls) == 3  # 1 + structured_retries (2)
@@ -242,10 +242,10 @@ async def test_judge_rejects_a_score_outside_the_rubric_then_falls_back_to_drop(
 async def test_judge_bounds_drop_conversations_with_a_reason(tmp_path: Path) -> None:
     engine = ScriptedEngine(responder=RecipeResponder(toxicity=2))
     runner = runner_for(tmp_path, judge_task(tmp_path, max_score=1), engine, 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "judge_user_toxicity_above_1"
     runner = runner_for(tmp_path / "b", judge_task(tmp_path / "b", min_score=1), ScriptedEngine(responder=RecipeResponder(0)), 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.drop_reason == "judge_user_toxicity_below_1"
 
 

@@ -120,7 +120,7 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
     runner = make_runner(tmp_path, engine, 1)
     runner.concurrency = 1
     # Every conversation fails at exchange 2 < min_turns; stop the test after a few attempts.
-    original = runner.run_conversation
+    original = runner.pipeline.run
     calls = 0
 
     async def limited(attempt: int) -> Any:
@@ -130,7 +130,7 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
             engine.responder = ChitChatResponder()
         return await original(attempt)
 
-    runner.run_conversation = limited  # type: ignore[method-assign]
+    runner.pipeline.run = limited  # type: ignore[method-assign]
     result = await runner.run()
     assert result.summary["dropped"] == {"assistant_empty": 3}
     assert result.summary["total"] == 1
