@@ -43,9 +43,8 @@ MODEL = "sim-model"
 # The same CLI with spare conversations switched off (conversations in flight never exceed what N
 # still needs, as before issue 12): only to measure what the spares save.
 NO_SPARES = (
-    "import sys; from fms_dgt.executors import LocalExecutor; from fms_dgt import cli;"
-    " LocalExecutor.capacity = property(lambda self: max(1, min(self.runner.pacer.wanted(),"
-    " self.runner.options.num_outputs - self.runner.store.count)));"
+    "import sys; from fms_dgt.pacing import Pacer; from fms_dgt import cli;"
+    " Pacer.in_flight_cap = lambda self, remaining: remaining;"
     " sys.argv[0] = 'fms_dgt.public'; cli.run()"
 )
 

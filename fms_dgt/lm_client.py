@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fms_dgt import caller
 from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
 from fms_dgt.errors import EngineError
 from fms_dgt.spend import charge
@@ -37,6 +38,7 @@ class LMClient:
     ) -> ChatResult:
         target = self.engines[engine]
         started = time.perf_counter()
+        calling = caller.stage.set(stage)
         try:
             result = await target.chat(messages, schema=schema, **params)
         except EngineError as exc:
@@ -52,6 +54,8 @@ class LMClient:
                 failed=True,
             )
             raise
+        finally:
+            caller.stage.reset(calling)
         logger.debug(
             "%s on %s: %.2f s, %d+%d tokens, %s",
             stage, engine, time.perf_counter() - started,

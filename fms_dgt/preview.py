@@ -3,18 +3,17 @@
 The way to iterate on patterns, hints and personas in seconds or minutes instead of a full run:
 persona, scenario, then per exchange the pattern and hint, the user message (its rejected drafts
 dimmed before it) and the assistant's reply, on stdout, coloured on a terminal (not when
-``NO_COLOR`` is set or stdout is not a TTY). Nothing is written: the conversations are run with the
-runner's own ``run_conversation``, not its ``run``, so no output folder is opened.
+``NO_COLOR`` is set or stdout is not a TTY). Nothing is written: the conversations are run on the
+task's ``Pipeline``, without the run driver, so no output folder is opened.
 
 The hook is a wrapper around each stage: after the stage has appended its steps, they are printed.
-The runner is not changed; it calls the wrapper as it calls any stage.
+The pipeline is not changed; it calls the wrapper as it calls any stage.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,7 +29,7 @@ from fms_dgt.conversation import (
 )
 from fms_dgt.engines import Engine
 from fms_dgt.loader import EngineOverride, load_task
-from fms_dgt.runner import Outcome, RunOptions, Runner
+from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.stages import DropConversation, Stage
 from fms_dgt.stages.base import ConversationContext
 
@@ -140,22 +139,18 @@ async def preview_tasks(
     printer = Printer(out, use_color(out))
     kept = 0
     for task in tasks:
-        with tempfile.TemporaryDirectory(prefix="fms_dgt_preview_") as scratch:
-            # The runner needs an output root; nothing is opened or written there.
-            options = RunOptions(num_outputs=count, output_dir=Path(scratch), seed=seed, progress=False)
-            runner = Runner(task, options, engines=engines)
-            printer.line("preview", f"{task.config.task_name}: {count} conversation(s), seed {runner.seed};"
-                         " nothing is written", "dim")
-            for name in ("init_stages", "iteration_stages", "termination_stages"):
-                setattr(runner, name, [ObservedStage(s, printer) for s in getattr(runner, name)])
-            try:
-                await runner.executor.start()  # checks the engines (loads the embedded model)
-                for attempt in range(count):
-                    outcome = await runner.run_conversation(attempt)
-                    printer.outcome(attempt + 1, outcome)
-                    kept += outcome.conv is not None
-            finally:
-                for engine in runner.engines.values():
-                    await engine.aclose()
-            printer.line("==", f"{runner.stats.lm_calls} LM calls, {runner.stats.tokens} tokens", "dim")
+        pipeline = Pipeline(task, choose_seed(seed), engines)
+        printer.line("preview", f"{task.config.task_name}: {count} conversation(s), seed {pipeline.seed};"
+                     " nothing is written", "dim")
+        for name in ("init_stages", "iteration_stages", "termination_stages"):
+            setattr(pipeline, name, [ObservedStage(s, printer) for s in getattr(pipeline, name)])
+        try:
+            await pipeline.check()  # checks the engines (loads the embedded model)
+            for attempt in range(count):
+                outcome = await pipeline.run(attempt)
+                printer.outcome(attempt + 1, outcome)
+                kept += outcome.conv is not None
+        finally:
+            await pipeline.aclose()
+        printer.line("==", f"{pipeline.stats.lm_calls} LM calls, {pipeline.stats.tokens} tokens", "dim")
     return 0 if kept else 1

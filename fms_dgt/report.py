@@ -307,12 +307,12 @@ def build_report(folder: Path) -> dict[str, Any]:
         },
         "tokens_per_conversation": _stats(tokens),
         "drops": {
-            "note": "from run_summary.json: the last run only",
+            "note": f"from {SUMMARY}: the last run only",
             "dropped": dropped,
             "rescued": summary.get("rescued", {}),
         },
         "quality_gate": {
-            "note": "conversations rejected before being kept, from run_summary.json: the last run only",
+            "note": f"conversations rejected before being kept, from {SUMMARY}: the last run only",
             "rejected": {k.removeprefix("gate:"): v for k, v in dropped.items() if k.startswith("gate:")},
             "near_duplicates": dropped.get("gate:near_duplicate", 0),
         },
@@ -348,7 +348,7 @@ def quality(summary: dict[str, Any]) -> dict[str, Any]:
         entry["pass_rate"] = round(entry["passed"] / entry["verdicts"], 4) if entry["verdicts"] else None
     rejected = summary.get("rejected_drafts") or {}
     return {
-        "note": "from run_summary.json: the last run only",
+        "note": f"from {SUMMARY}: the last run only",
         "verifier": verifier,
         "rejected_drafts": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
         "length": {
@@ -547,12 +547,12 @@ def write_report(folder: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fms_dgt.report",
-        description="Write report.json, report.md (and report.png with matplotlib) for an output folder.",
+        description=f"Write {REPORT_JSON}, {REPORT_MD} (and {REPORT_PNG} with matplotlib) for an output folder.",
     )
     parser.add_argument("folder", type=Path, help="an output folder, e.g. output/public/examples/chit_chat")
     args = parser.parse_args(argv)
     if not (args.folder / FINAL).is_file():
-        print(f"error: {args.folder}: no final_data.jsonl here", file=sys.stderr)
+        print(f"error: {args.folder}: no {FINAL} here", file=sys.stderr)
         return 2
     try:
         report = write_report(args.folder)

@@ -1,43 +1,35 @@
-"""Runs a task: many conversations concurrently on one event loop, stopping at exactly N kept.
+"""The run driver: many conversations at once, stopping at exactly N kept.
 
-Each conversation runs the initialization stages once, then the iteration stages once per
-exchange between ``min_turns`` and ``max_turns``, then the termination stages. A conversation
-dropped after ``min_turns`` complete exchanges is kept as of its last complete exchange; one
-dropped earlier is discarded. Every drop is counted with its reason.
+The driver owns everything around the conversations: the output folder (``OutputStore``), the
+progress line, the executor that runs them, the stop rules (``guard``: keep-rate breaker, budgets,
+``--estimate``; N; consecutive engine failures), the quality gate, pacing and spares, and the run
+summary. Each conversation is ``Pipeline.run(attempt)`` (``pipeline``), on this process or on a Ray
+worker; the driver's own pipeline holds the run's counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fms_dgt import __version__
-from fms_dgt.config import LMStageOptions, StageOptions
-from fms_dgt.conversation import Conversation
-from fms_dgt.datafiles import read_jsonl
-from fms_dgt.engines import ENGINES, Engine
+from fms_dgt.engines import Engine
 from fms_dgt.errors import DgtError, EngineError
 from fms_dgt.executors import RayOptions, make_executor
 from fms_dgt.formatters import FORMATTERS
 from fms_dgt.guard import LimitOverrides, RunGuard
-from fms_dgt.lm_client import LMClient
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
+from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
 from fms_dgt.quality import ConversationGate
 from fms_dgt.report import write_report
-from fms_dgt.spend import Spend, track
-from fms_dgt.stages import STAGES, DropConversation, Stage
-from fms_dgt.stages.base import ConversationContext, Rejection, Resources
-from fms_dgt.stats import RunStats
 from fms_dgt.view import write_viewer
 
 logger = logging.getLogger(__name__)
@@ -61,16 +53,6 @@ class RunOptions:
 
 
 @dataclass
-class Outcome:
-    conv: Conversation | None
-    drop_reason: str | None = None
-    engine_error: EngineError | None = None
-    rejected: Rejection | None = None  # the stage's last rejected draft, when a stage dropped it
-    attempt: int = -1
-    spend: Spend | None = None  # what this conversation cost, kept or not
-
-
-@dataclass
 class RunResult:
     summary: dict[str, Any]
     output_dir: Path
@@ -79,123 +61,22 @@ class RunResult:
 
 
 class Runner:
+    """Drives one run of a task; ``engines`` replaces the task's (tests hand in a scripted one)."""
+
     def __init__(self, task: Task, options: RunOptions, engines: dict[str, Engine] | None = None) -> None:
         self.task = task
         self.config = task.config
         self.options = options
-        self.seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
-        self.stats = RunStats()
-        used = {e for s in self.config.all_stages() if isinstance(s, LMStageOptions) for e in s.engines_used().values()}
-        if engines is None:
-            engines = {
-                name: ENGINES.get(cfg.type)(name, cfg)  # type: ignore[call-arg]
-                for name, cfg in self.config.engines.items()
-                if name in used
-            }
-        self.engines = engines
-        self.lm = LMClient(engines, self.stats) if engines else None
+        self.seed = choose_seed(options.seed)
+        self.pipeline = Pipeline(task, self.seed, engines)
+        self.stats = self.pipeline.stats  # the run's counters (with Ray, the workers' are added in)
         self.store = OutputStore(options.output_dir, self.config.task_name, FORMATTERS.get(self.config.formatter.type))
-        seeds = []
-        if self.config.seed_datastore is not None:
-            seeds = read_jsonl(Path(self.config.seed_datastore.data_path), Conversation, what="seed example")
-        self.resources = Resources(lm=self.lm, stats=self.stats, seed_conversations=seeds)
-        self.init_stages = self._build(self.config.initialization_stages)
-        self.iteration_stages = self._build(self.config.iteration_stages)
-        self.termination_stages = self._build(self.config.termination_stages)
-        self.pacer = Pacer(engines)
+        self.pacer = Pacer(self.pipeline.engines)
+        self.pipeline.on_start = self.pacer.enter
         # A fixed number of conversations in flight, or None to follow the engines' current limits
         # (the Ray driver cannot see its workers' limits: it sends each a fixed number).
         self.concurrency = options.concurrency or (self.pacer.nominal() if options.ray else None)
-        self.executor = make_executor(self, options.ray)
-
-    def _build(self, specs: list[StageOptions]) -> list[Stage]:
-        stages = []
-        for spec in specs:
-            stage = STAGES.get(spec.name)(spec, self.resources)
-            stage.setup()  # data files are read and checked here, before any LM call
-            stages.append(stage)
-        return stages
-
-    # -- one conversation -------------------------------------------------------------------
-
-    def _rng(self, attempt: int) -> tuple[random.Random, str]:
-        """The conversation's own generator and id: fixed by (seed, attempt), not by timing."""
-        rng = random.Random(f"{self.seed}:{attempt}")
-        return rng, str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-    async def run_conversation(self, attempt: int) -> Outcome:
-        spend = track()  # this conversation's LM calls, for budgets, the forecast and spares
-        self.pacer.enter(attempt, spend)
-        outcome = await self._conversation(attempt)
-        outcome.attempt, outcome.spend = attempt, spend.finish()
-        return outcome
-
-    async def _conversation(self, attempt: int) -> Outcome:
-        rng, conversation_id = self._rng(attempt)
-        conv = Conversation(task_name=self.config.task_name, conversation_id=conversation_id)
-        ctx = ConversationContext(
-            rng=rng, max_turns=self.config.max_turns, min_turns=self.config.min_turns, attempt=attempt, seed=self.seed
-        )
-        min_turns = self.config.min_turns
-        target = self.config.target_turns
-        try:
-            for stage in self.init_stages:
-                await stage(conv, ctx)
-                # The length is known as soon as its attribute is sampled, so that later
-                # initialization stages (lm/conversation) can use it.
-                if target is not None and conv.target_turns is None and target.attribute in conv.attributes:
-                    conv.target_turns = ctx.max_turns = self._target_turns(conv)
-                    ctx.exact_turns = True
-            if target is not None and conv.target_turns is None:
-                raise DropConversation("target_turns_missing")
-            # A stage such as lm/conversation may already have written the whole chat.
-            conv.num_turns = ctx.turn = len(conv.contents("assistant"))
-            conv.stop_reason = "initialization" if not self.iteration_stages else "max_turns"
-            while self.iteration_stages and ctx.turn < ctx.max_turns:
-                mark = len(conv.steps)
-                try:
-                    for stage in self.iteration_stages:
-                        await stage(conv, ctx)
-                except DropConversation as drop:
-                    del conv.steps[mark:]  # back to the last complete exchange
-                    if conv.num_turns >= min_turns:
-                        conv.stop_reason = f"rescued:{drop.reason}"
-                        self.stats.rescued[drop.reason] += 1
-                        break
-                    raise
-                conv.num_turns = len(conv.contents("assistant"))
-                ctx.turn += 1
-                self.stats.exchanges += 1
-                if ctx.last_turn:
-                    conv.stop_reason = "flow_controller"
-                    break
-            if conv.num_turns < min_turns:
-                raise DropConversation("below_min_turns")
-            for stage in self.termination_stages:
-                await stage(conv, ctx)
-        except DropConversation as drop:
-            return Outcome(None, drop_reason=drop.reason, rejected=drop.rejected)
-        except EngineError as exc:
-            return Outcome(None, drop_reason="engine_error", engine_error=exc)
-        return Outcome(conv)
-
-    def _target_turns(self, conv: Conversation) -> int:
-        """The exchanges ``target_turns`` asks of this conversation, within min/max_turns."""
-        target = self.config.target_turns
-        assert target is not None
-        value = conv.attributes[target.attribute]
-        try:
-            turns = target.exchanges(value)
-        except ValueError as exc:
-            logger.warning("target_turns: attribute %s: %s", target.attribute, exc)
-            raise DropConversation("target_turns_invalid") from None
-        if not self.config.min_turns <= turns <= self.config.max_turns:
-            logger.warning(
-                "target_turns: %s=%r asks for %d exchanges, outside min_turns..max_turns (%d..%d)",
-                target.attribute, value, turns, self.config.min_turns, self.config.max_turns,
-            )
-            raise DropConversation("target_turns_out_of_range")
-        return turns
+        self.executor = make_executor(self.pipeline, options.ray, lambda: self.concurrency or self.pacer.wanted())
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -204,7 +85,7 @@ class Runner:
         t0 = time.perf_counter()
         self.guard = RunGuard(  # checks the limits first: a bad one writes nothing
             self.options.limits.apply(self.config.limits), self.stats, target=self.options.num_outputs,
-            priced=any(e.config.price is not None for e in self.engines.values()),
+            priced=any(e.config.price is not None for e in self.pipeline.engines.values()),
             concurrency=lambda: self.executor.capacity, max_attempts=self.options.max_attempts,
         )
         self.store.open(restart=self.options.restart)
@@ -218,8 +99,8 @@ class Runner:
                             describe=self.guard.status, limits=self.pacer.limits,
                             exchanges_per_conversation=(self.config.min_turns + self.config.max_turns) / 2)
         progress.start()
-        if self.lm is not None:
-            self.lm.after_call = self.guard.after_call
+        if self.pipeline.lm is not None:
+            self.pipeline.lm.after_call = self.guard.after_call
         try:
             if before < target:
                 await self.executor.start()
@@ -239,8 +120,7 @@ class Runner:
         finally:
             progress.close()
             await self.executor.close()
-            for engine in self.engines.values():
-                await engine.aclose()
+            await self.pipeline.aclose()
             summary = self._summary(started_at, time.perf_counter() - t0, before, target, status, error)
             self.store.write_summary(summary)
             self.store.close()
@@ -257,7 +137,7 @@ class Runner:
                 # Beyond what N still needs, spare conversations use idle capacity (see pacing).
                 cap = self.pacer.in_flight_cap(target - self.store.count)
                 while len(pending) < min(self.executor.capacity, cap):
-                    if self._rng(attempt)[1] in self.store.ids:  # kept by an earlier run, same seed
+                    if self.pipeline.conversation_id(attempt) in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1
                         continue
                     if not self.guard.may_start(attempt, len(pending)):  # budgets, --estimate
@@ -333,7 +213,7 @@ class Runner:
         status: str,
         error: DgtError | None,
     ) -> dict[str, Any]:
-        engines = {name: engine.report() for name, engine in self.engines.items()}
+        engines = {name: engine.report() for name, engine in self.pipeline.engines.items()}
         return {
             "task_name": self.config.task_name,
             "task_file": str(self.task.path),

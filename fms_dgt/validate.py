@@ -1,6 +1,6 @@
 """``--validate``: check a task without generating, and print what a run would do.
 
-Loading the task checks the file, its keys, templates and attributes; building the runner reads
+Loading the task checks the file, its keys, templates and attributes; building its pipeline reads
 and checks every data file (personas, seed examples); each engine the stages use is then checked
 as a run checks it (the server answers and has the model, or the embedded model loads). No
 generation call is made and nothing is written. The plan lists the stages in order with what
@@ -57,7 +57,7 @@ def plan(task: Task, runner: Runner, num_outputs: int) -> str:
                    f" would generate {max(0, num_outputs - have)}, or {num_outputs} with --restart)")
     else:
         out.append(f"  output: {runner.store.dir} (empty; a run of N={num_outputs} would generate {num_outputs})")
-    for name, engine in runner.engines.items():
+    for name, engine in runner.pipeline.engines.items():
         info = engine.describe()
         url = f" at {info['base_url']}" if info.get("base_url") else ""
         out.append(f"  engine {name}: {info['type']} {info['model']}{url}: reachable")
@@ -66,13 +66,15 @@ def plan(task: Task, runner: Runner, num_outputs: int) -> str:
     if target is not None:
         lengths += f"; exact length from attribute {target.attribute} (in {target.unit})"
     out.append(lengths)
-    seeds = len(runner.resources.seed_conversations)
+    seeds = len(runner.pipeline.resources.seed_conversations)
     if seeds:
         out.append(f"  seed examples: {seeds} conversations")
     out.append(f"  conversations in flight: {runner.concurrency}")
     number = 0
-    for title, stages in (("once per conversation", runner.init_stages), ("once per exchange", runner.iteration_stages),
-                          ("at the end", runner.termination_stages)):
+    pipeline = runner.pipeline
+    for title, stages in (("once per conversation", pipeline.init_stages),
+                          ("once per exchange", pipeline.iteration_stages),
+                          ("at the end", pipeline.termination_stages)):
         if not stages:
             continue
         out.append(f"  stages, {title}:")
@@ -91,10 +93,8 @@ async def validate_tasks(paths: list[Path], override: EngineOverride, output_dir
     for task in tasks:
         runner = Runner(task, RunOptions(num_outputs=num_outputs, output_dir=output_dir, progress=False))
         try:
-            for engine in runner.engines.values():
-                await engine.check()
+            await runner.pipeline.check()
         finally:
-            for engine in runner.engines.values():
-                await engine.aclose()
+            await runner.pipeline.aclose()
         print(plan(task, runner, num_outputs))
     return 0

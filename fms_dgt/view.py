@@ -113,7 +113,7 @@ def write_viewer(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fms_dgt.view",
-        description="Write viewer.html, a self-contained page to browse an output folder's conversations and report.",
+        description=f"Write {VIEWER}, a self-contained page to browse an output folder's conversations and report.",
     )
     parser.add_argument("folder", type=Path, help="an output folder, e.g. output/public/examples/chit_chat")
     args = parser.parse_args(argv)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fms_dgt.engines.scripted import RecordedCall
 from fms_dgt.stages.base import Resources
+from fms_dgt.stages.text import with_article
 
 REPO = Path(__file__).resolve().parent.parent
 CHIT_CHAT = REPO / "tasks/public/examples/chit_chat/task.yaml"
@@ -101,34 +103,50 @@ ASSISTANT_LINES = [
 
 
 class ChitChatResponder:
-    """Plausible replies for each chit-chat stage, told apart by their prompts."""
+    """Plausible replies for each chit-chat stage, chosen by the calling stage's name (within the
+    flow controller, by the schema it asks for), never by prompt wording. The scenario names the
+    sampled persona's role, found among ``roles`` (the test personas' by default) in its prompt."""
 
-    def __init__(self, eligible: list[str] | None = None) -> None:
+    def __init__(self, eligible: list[str] | None = None, roles: list[str] | None = None) -> None:
         self.eligible = eligible
+        self.roles = roles or [p["role"] for p in PERSONAS]
         self.user_count = 0
         self.assistant_count = 0
+        self.user_replies: set[str] = set()  # every user line written, to tell exchanges from notes
 
-    def __call__(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, params: dict[str, Any]) -> Any:
-        system = messages[0]["content"]
-        if schema is not None and "eligible_patterns" in schema.get("properties", {}):
-            names = schema["properties"]["eligible_patterns"]["items"]["enum"]
-            chosen = [n for n in names if self.eligible is None or n in self.eligible] or names
-            return {"reasoning": "these fit", "eligible_patterns": chosen}
-        if schema is not None and "verdict" in schema.get("properties", {}):
-            return {"reason": "reads well", "verdict": "ok"}
-        if schema is not None:
+    def __call__(self, call: RecordedCall) -> Any:
+        stage, schema, messages = call.stage, call.schema, call.messages
+        if stage == "lm/flow_controller":
+            assert schema is not None, "the flow controller asks for JSON"
+            if "eligible_patterns" in schema["properties"]:
+                names = schema["properties"]["eligible_patterns"]["items"]["enum"]
+                chosen = [n for n in names if self.eligible is None or n in self.eligible] or names
+                return {"reasoning": "these fit", "eligible_patterns": chosen}
             return {"focus": "the brown spots on the leaves"}
-        if system.startswith("You write short scenarios"):
-            start = messages[-1]["content"].split("Begin with '")[1].split("'")[0]
-            return f"{start} wants to chat about saving some tomato plants from blight."
-        if system.startswith("You are role-playing"):
+        if stage is not None and stage.endswith("/verifier"):
+            return {"reason": "reads well", "verdict": "ok"}
+        if stage == "lm/scenario":
+            return f"{self.scenario_subject(messages)} wants to chat about saving some tomato plants from blight."
+        if stage == "lm/user/guided":
             self.user_count += 1
-            return USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"
-        self.assistant_count += 1
-        # A reply takes up two of the user's words, as a real one would (a closing reply must).
-        topic = [w for w in re.findall(r"[a-z]{5,}", messages[-1]["content"].lower())][:2]
-        about = f" Good luck with the {' and the '.join(topic)}." if len(topic) == 2 else ""
-        return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count}){about}"
+            reply = USER_LINES[(self.user_count - 1) % len(USER_LINES)] + f" ({self.user_count})"
+            self.user_replies.add(reply)
+            return reply
+        if stage == "lm/assistant/naive":
+            self.assistant_count += 1
+            # A reply takes up two of the user's words, as a real one would (a closing reply must).
+            topic = [w for w in re.findall(r"[a-z]{5,}", messages[-1]["content"].lower())][:2]
+            about = f" Good luck with the {' and the '.join(topic)}." if len(topic) == 2 else ""
+            return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count}){about}"
+        raise AssertionError(f"ChitChatResponder has no reply for stage {stage!r}")
+
+    def scenario_subject(self, messages: list[dict[str, str]]) -> str:
+        """'A retired teacher': the persona's role, the one of ``roles`` the prompt names first."""
+        prompt = "\n".join(m["content"] for m in messages)
+        found = sorted((prompt.find(role), role) for role in self.roles if role in prompt)
+        assert found, f"the scenario prompt names none of the roles {self.roles}"
+        subject = with_article(found[0][1])
+        return subject[0].upper() + subject[1:]
 
 
 def count_lines(path: Path) -> int:

@@ -15,7 +15,7 @@ from conftest import ChitChatResponder, task_dict, write_task
 from fms_dgt.breaker import KeepRateBreaker, KeepRateTooLow, wilson_upper
 from fms_dgt.cli import main
 from fms_dgt.config import LimitsConfig, Price
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.forecast import Forecast
 from fms_dgt.guard import LimitOverrides
 from fms_dgt.loader import load_task
@@ -34,10 +34,10 @@ class OffPersonaScenarios(ChitChatResponder):
         self.share = share
         self.rng = random.Random(seed)
 
-    def __call__(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, params: dict[str, Any]) -> Any:
-        if messages[0]["content"].startswith("You write short scenarios") and self.rng.random() < self.share:
+    def __call__(self, call: RecordedCall) -> Any:
+        if call.stage == "lm/scenario" and self.rng.random() < self.share:
             return "Someone wants to chat about an everyday topic they care about."
-        return super().__call__(messages, schema, params)
+        return super().__call__(call)
 
 
 class OffPersonaServer(PlausibleReplies):

@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import task_dict, write_task
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import load_task
 from fms_dgt.stages.base import ConversationContext, Resources
@@ -27,8 +27,9 @@ class Eligibility:
     def __init__(self, pick: Any) -> None:
         self.pick, self.rng, self.sets = pick, random.Random(0), []
 
-    def __call__(self, messages: Any, schema: dict[str, Any], params: Any) -> Any:
-        names = schema["properties"]["eligible_patterns"]["items"]["enum"]
+    def __call__(self, call: RecordedCall) -> Any:
+        assert call.stage == "lm/flow_controller" and call.schema is not None
+        names = call.schema["properties"]["eligible_patterns"]["items"]["enum"]
         chosen = self.pick(self.rng, names)
         self.sets.append(chosen)
         return {"reasoning": "ok", "eligible_patterns": chosen}

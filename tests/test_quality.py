@@ -14,7 +14,7 @@ from conftest import ASSISTANT_LINES, ChitChatResponder, REPO, task_dict, write_
 from fms_dgt.config import QualityConfig
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.dedup import NearDuplicateIndex
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.errors import ConfigError
 from fms_dgt.loader import load_task
 from fms_dgt.quality import ConversationGate, problem
@@ -146,18 +146,16 @@ class DuplicatingResponder:
         self.started = 0
         self.inner = ChitChatResponder(eligible=["follow_up"])
 
-    def __call__(self, messages: list[dict[str, str]], schema: Any, params: Any) -> Any:
-        system = messages[0]["content"]
-        if schema is not None:  # the flow controller and the verifiers (which share the stage's prompt)
-            return self.inner(messages, schema, params)
-        if system.startswith("You are role-playing"):
+    def __call__(self, call: RecordedCall) -> Any:
+        messages = call.messages
+        if call.stage == "lm/user/guided":
             exchange = sum(m["role"] == "assistant" for m in messages)  # roles are swapped for the user
             self.started += exchange == 0
             if self.started <= self.copies:
                 return FIXED_USER[exchange]
-        elif system.startswith("You are a helpful") and self.started <= self.copies:
+        elif call.stage == "lm/assistant/naive" and self.started <= self.copies:
             return FIXED_ASSISTANT[sum(m["role"] == "user" for m in messages) - 1]
-        return self.inner(messages, schema, params)
+        return self.inner(call)
 
 
 def make_runner(tmp_path: Path, engine: ScriptedEngine, n: int, **task: Any) -> Runner:

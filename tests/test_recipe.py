@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, ChitChatResponder, task_dict, write_task
 from fms_dgt.conversation import Conversation, MessageStep
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.loader import load_task
 from fms_dgt.runner import RunOptions, Runner
 from fms_dgt.stages.conversation import chat_problem, chat_schema
@@ -37,18 +37,19 @@ class RecipeResponder(ChitChatResponder):
         self.toxicity = toxicity
         self.texts = 0
 
-    def __call__(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, params: dict[str, Any]) -> Any:
-        properties = (schema or {}).get("properties", {})
-        if "moves" in properties:
+    def __call__(self, call: RecordedCall) -> Any:
+        schema = call.schema or {}
+        properties = schema.get("properties", {})
+        if call.stage == "lm/flow_controller" and "moves" in properties:
             move = schema["$defs"][properties["moves"]["items"]["$ref"].split("/")[-1]]
             names = move["properties"]["pattern"]["enum"]
             return {"reasoning": "ok", "moves": [{"pattern": n, "focus": "the router settings"} for n in names]}
-        if "user_toxicity" in properties:
+        if call.stage == "lm/judge":
             return {"user_toxicity": {"reasoning": "a bit curt", "score": self.toxicity}}
-        if messages[0]["content"].startswith("You write material"):
+        if call.stage == "lm/text":
             self.texts += 1
             return f"Generated text number {self.texts}."
-        return super().__call__(messages, schema, params)
+        return super().__call__(call)
 
 
 async def test_recipe_task_end_to_end_on_a_scripted_engine(tmp_path: Path) -> None:
@@ -75,9 +76,9 @@ async def test_recipe_task_end_to_end_on_a_scripted_engine(tmp_path: Path) -> No
         assert judge["scores"] == {"user_toxicity": {"score": 1, "reasoning": "a bit curt"}}
     assert lengths == {2, 4, 6, 8}
     # templates were rendered: the user task reached the user simulator's prompt, the topic lm/text
-    user_prompts = [c.messages[0]["content"] for c in engine.calls if c.messages[0]["content"].startswith("You are role-playing")]
+    user_prompts = [c.messages[0]["content"] for c in engine.calls if c.stage == "lm/user/guided"]
     assert all("Generated text number" in p and "Your mood is" in p for p in user_prompts)
-    text_prompts = [c.messages[-1]["content"] for c in engine.calls if c.messages[0]["content"].startswith("You write material")]
+    text_prompts = [c.messages[-1]["content"] for c in engine.calls if c.stage == "lm/text"]
     assert any("troubleshooting a laptop" in p or "budgeting" in p or "study techniques" in p for p in text_prompts)
     assert "{{" not in "".join(text_prompts + user_prompts)
     report = json.loads((result.output_dir / "report.json").read_text())
@@ -113,8 +114,9 @@ async def test_generated_system_prompt_is_recorded_once_and_reused(tmp_path: Pat
         assert example["messages"][0]["content"] == record["attributes"]["sys"]
         text_step = next(s for s in record["steps"] if s["role"] == "attribute")
         assert text_step["attribute"] == "sys" and text_step["metadata"]["prompt_tokens"] > 0
-    assistant_calls = [c for c in engine.calls if c.messages[0]["content"].startswith("Generated text")]
-    assert assistant_calls and all(c.messages[1]["role"] == "user" for c in assistant_calls)
+    assistant_calls = [c for c in engine.calls if c.stage == "lm/assistant/naive"]
+    assert assistant_calls and all(c.messages[0]["content"].startswith("Generated text") for c in assistant_calls)
+    assert all(c.messages[1]["role"] == "user" for c in assistant_calls)
 
 
 @pytest.mark.parametrize(
@@ -185,10 +187,10 @@ async def test_lm_conversation_rewrites_invalid_replies_then_keeps_a_valid_one(t
 
 
 async def test_lm_conversation_drops_after_its_attempts(tmp_path: Path) -> None:
-    engine = ScriptedEngine(responder=lambda m, s, p: whole_chat(3))
+    engine = ScriptedEngine(responder=lambda call: whole_chat(3))
     runner = runner_for(tmp_path, one_call_task(tmp_path, max_attempts=2), engine, 1)
     runner.options.num_outputs = 1
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "conversation_wrong_length"
     assert len(engine.calls) == 2
 
@@ -233,7 +235,7 @@ async def test_judge_scores_go_into_the_record_and_its_prompt_shows_only_the_sco
 async def test_judge_rejects_a_score_outside_the_rubric_then_falls_back_to_drop(tmp_path: Path) -> None:
     engine = ScriptedEngine(responder=RecipeResponder(toxicity=7))
     runner = runner_for(tmp_path, judge_task(tmp_path), engine, 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "judge_invalid_json"
     judge_calls = [c for c in engine.calls if c.schema and "user_toxicity" in c.schema["properties"]]
     assert len(judge_calls) == 3  # 1 + structured_retries (2)
@@ -242,10 +244,10 @@ async def test_judge_rejects_a_score_outside_the_rubric_then_falls_back_to_drop(
 async def test_judge_bounds_drop_conversations_with_a_reason(tmp_path: Path) -> None:
     engine = ScriptedEngine(responder=RecipeResponder(toxicity=2))
     runner = runner_for(tmp_path, judge_task(tmp_path, max_score=1), engine, 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.conv is None and outcome.drop_reason == "judge_user_toxicity_above_1"
     runner = runner_for(tmp_path / "b", judge_task(tmp_path / "b", min_score=1), ScriptedEngine(responder=RecipeResponder(0)), 1)
-    outcome = await runner.run_conversation(0)
+    outcome = await runner.pipeline.run(0)
     assert outcome.drop_reason == "judge_user_toxicity_below_1"
 
 

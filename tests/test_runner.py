@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import ChitChatResponder, task_dict, write_task
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.loader import load_task
 from fms_dgt.runner import RunOptions, Runner
 from fms_dgt.stages.base import DropConversation
@@ -91,13 +91,13 @@ class FailingAssistant:
         self.inner = ChitChatResponder(eligible=["follow_up"])
         self.fail_on = fail_on
 
-    def __call__(self, messages: list[dict[str, str]], schema: Any, params: Any) -> Any:
-        if messages[0]["content"].startswith("You are a helpful"):
-            # the verifier's question and a rewrite's direction are notes, not exchanges
-            exchange = sum(1 for m in messages if m["role"] == "user" and not m["content"].startswith("(Note"))
+    def __call__(self, call: RecordedCall) -> Any:
+        if call.stage == "lm/assistant/naive":
+            # the user's lines in the prompt count the exchanges (a rewrite's direction is a note)
+            exchange = sum(1 for m in call.messages if m["role"] == "user" and m["content"] in self.inner.user_replies)
             if exchange == self.fail_on:
                 return "   "
-        return self.inner(messages, schema, params)
+        return self.inner(call)
 
 
 async def test_drop_after_min_turns_is_rescued(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
     runner = make_runner(tmp_path, engine, 1)
     runner.concurrency = 1
     # Every conversation fails at exchange 2 < min_turns; stop the test after a few attempts.
-    original = runner.run_conversation
+    original = runner.pipeline.run
     calls = 0
 
     async def limited(attempt: int) -> Any:
@@ -130,7 +130,7 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
             engine.responder = ChitChatResponder()
         return await original(attempt)
 
-    runner.run_conversation = limited  # type: ignore[method-assign]
+    runner.pipeline.run = limited  # type: ignore[method-assign]
     result = await runner.run()
     assert result.summary["dropped"] == {"assistant_empty": 3}
     assert result.summary["total"] == 1
@@ -140,10 +140,10 @@ async def test_drop_in_initialization_is_discarded(tmp_path: Path) -> None:
     replies = iter(["", "", "", "A retired teacher wants to chat about tomatoes and rain in her garden."])
     inner = ChitChatResponder()
 
-    def responder(messages: list[dict[str, str]], schema: Any, params: Any) -> Any:
-        if messages[0]["content"].startswith("You write short scenarios"):
+    def responder(call: RecordedCall) -> Any:
+        if call.stage == "lm/scenario":
             return next(replies, "A retired teacher, a night-shift nurse or a student asks about the planets.")
-        return inner(messages, schema, params)
+        return inner(call)
 
     runner = make_runner(tmp_path, ScriptedEngine(responder=responder), 1)
     runner.concurrency = 1

@@ -152,7 +152,7 @@ def eligibility(names: list[str]) -> dict[str, Any]:
 
 async def test_flow_controller_samples_by_weight_among_eligible(tmp_path: Path) -> None:
     engine = ScriptedEngine(
-        responder=lambda m, schema, p: eligibility(["new_topic", "follow_up"]) if "eligible_patterns" in schema["properties"] else {"focus": "the rain"}
+        responder=lambda call: eligibility(["new_topic", "follow_up"]) if "eligible_patterns" in call.schema["properties"] else {"focus": "the rain"}
     )
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
@@ -193,7 +193,7 @@ async def test_flow_controller_prompt_and_schema(tmp_path: Path) -> None:
 
 
 async def test_flow_controller_bad_json_falls_back_and_is_recorded(tmp_path: Path) -> None:
-    engine = ScriptedEngine(responder=lambda m, s, p: "not json at all")
+    engine = ScriptedEngine(responder=lambda call: "not json at all")
     res = resources(tmp_path, engine)
     stage = FlowControllerStage(stage_options(res, "lm/flow_controller"), res)
     stage.setup()
@@ -239,7 +239,7 @@ def test_focus_must_be_a_short_topic(focus: str, ok: bool) -> None:
 async def test_flow_controller_one_call_mode(tmp_path: Path) -> None:
     reply = {"reasoning": "ok", "moves": [{"pattern": "follow_up", "focus": "how often to water the beds"},
                                           {"pattern": "new_topic", "focus": "What about basil?"}]}
-    engine = ScriptedEngine(responder=lambda m, schema, p: reply)
+    engine = ScriptedEngine(responder=lambda call: reply)
     res = resources(tmp_path, engine)
     data = task_dict(tmp_path)
     data["iteration_stages"][0]["mode"] = "one_call"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ChitChatResponder, task_dict, write_task
-from fms_dgt.engines.scripted import ScriptedEngine
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
 from fms_dgt.loader import load_task
 from fms_dgt.runner import RunOptions, Runner, RunResult
 
@@ -28,22 +28,18 @@ class ViewerResponder(ChitChatResponder):
         self.user_calls = 0
         self.judged = 0
 
-    def __call__(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, params: dict[str, Any]) -> Any:
-        properties = (schema or {}).get("properties", {})
-        if "helpfulness" in properties:
+    def __call__(self, call: RecordedCall) -> Any:
+        if call.stage == "lm/judge":
             self.judged += 1
             return {"helpfulness": {"reasoning": "clear and on topic", "score": self.judged % 4}}
-        if schema is not None:  # the flow controller and the verifiers (which share the stage's prompt)
-            return super().__call__(messages, schema, params)
-        if messages[0]["content"].startswith("You are role-playing"):
+        if call.stage == "lm/user/guided":
             self.user_calls += 1
             if self.user_calls % 5 == 1:
                 return REJECTED_DRAFT
-        elif schema is None and not messages[0]["content"].startswith("You write short scenarios"):
-            if self.assistant_count == 2:
-                self.assistant_count += 1
-                return SCRIPT_REPLY
-        return super().__call__(messages, schema, params)
+        elif call.stage == "lm/assistant/naive" and self.assistant_count == 2:
+            self.assistant_count += 1
+            return SCRIPT_REPLY
+        return super().__call__(call)
 
 
 def viewer_task(tmp_path: Path) -> dict[str, Any]:

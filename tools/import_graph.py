@@ -20,9 +20,11 @@ PACKAGE = "fms_dgt"
 # From the bottom up. A module's layer is the first entry that is the module or a package above it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["fms_dgt", "fms_dgt.errors", "fms_dgt.registry", "fms_dgt.plugins", "fms_dgt.conversation",
-                     "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config"]),
+                     "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.caller", "fms_dgt.templates", "fms_dgt.datafiles",
+                     "fms_dgt.config"]),
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
+    ("conversation", ["fms_dgt.pipeline"]),
     ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",
              "fms_dgt.forecast", "fms_dgt.breaker", "fms_dgt.budget", "fms_dgt.guard", "fms_dgt.pacing",
              "fms_dgt.dedup", "fms_dgt.quality", "fms_dgt.executors",

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fms_dgt import caller
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
 from fms_dgt.engines.endpoints import Endpoint
 
 Reply = str | dict[str, Any] | Exception | ChatResult
-Responder = Callable[[list[Message], dict[str, Any] | None, dict[str, Any]], Reply]
 
 
 @dataclass
@@ -21,10 +21,15 @@ class RecordedCall:
     messages: list[Message]
     schema: dict[str, Any] | None
     params: dict[str, Any]
+    stage: str | None = None  # the calling stage's name (``caller.stage``), e.g. "lm/user/guided"
+
+
+Responder = Callable[[RecordedCall], Reply]
 
 
 class ScriptedEngine(Engine):
-    """Replies come from ``replies`` (in order), else from ``responder``; dicts are sent as JSON.
+    """Replies come from ``replies`` (in order), else from ``responder(call)``, which answers by
+    ``call.stage`` (the calling stage's name) rather than by prompt wording; dicts are sent as JSON.
 
     An ``Exception`` in the queue is raised instead of answering, to script failures; a
     ``ChatResult`` is returned as it is (to script a ``finish_reason``). Not in the
@@ -53,11 +58,12 @@ class ScriptedEngine(Engine):
         params: dict[str, Any],
         endpoint: Endpoint | None,
     ) -> ChatResult:
-        self.calls.append(RecordedCall([dict(m) for m in messages], json_schema, dict(params)))
+        call = RecordedCall([dict(m) for m in messages], json_schema, dict(params), caller.stage.get())
+        self.calls.append(call)
         if self.replies:
             reply = self.replies.popleft()
         elif self.responder is not None:
-            reply = self.responder(messages, json_schema, params)
+            reply = self.responder(call)
         else:
             raise AssertionError("scripted engine: no reply queued for this call")
         if isinstance(reply, Exception):

@@ -1,12 +1,13 @@
 """``--executor ray``: conversations run on Ray actors; this process, the driver, writes them.
 
-Each worker is an async actor that builds the task's stages and engines itself, so its engines
-connect to their servers from the worker's node, and runs ``Runner.run_conversation(attempt)`` for
-the attempts the driver sends it, up to ``--concurrency`` at a time. A finished conversation comes
-back with what the worker counted since its previous answer (LM calls and tokens per stage and
-engine, rescues, rejected drafts, retries, calls per endpoint), which the driver adds to the run's
-stats. The driver alone picks attempts, writes the output and stops at exactly N, cancelling the
-rest; when it closes, each worker reports what it counted since its last answer.
+Each worker is an async actor that builds the task's pipeline itself from a ``PipelineFactory``
+(the task and the seed), so its engines connect to their servers from the worker's node, and runs
+``Pipeline.run(attempt)`` for the attempts the driver sends it, up to ``--concurrency`` at a time.
+A finished conversation comes back with the worker's ``Counters`` since its previous answer (LM
+calls and tokens per stage and engine, rescues, rejected drafts, retries, calls per endpoint),
+which the driver adds to its own pipeline's. The driver alone picks attempts, writes the output
+and stops at exactly N, cancelling the rest; when it closes, each worker reports what it counted
+since its last answer.
 
 A worker that dies loses only its conversations in flight. They are sent again with the same
 attempt numbers, to the worker's replacement or another worker: the same attempt gives the same
@@ -24,18 +25,16 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fms_dgt import __version__
-from fms_dgt.engines.base import EngineCounts
 from fms_dgt.errors import ConfigError, DgtError
-from fms_dgt.executors import Executor, RayOptions
-from fms_dgt.stats import RunStats
+from fms_dgt.executors.base import Executor
 
 if TYPE_CHECKING:
-    from fms_dgt.loader import Task
-    from fms_dgt.runner import Outcome, Runner
+    from fms_dgt.pipeline import Counters, Outcome, Pipeline, PipelineFactory
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,14 @@ MAX_LOST_WORKERS = 10
 # Read by Ray when it is imported: "0" keeps a single-machine cluster on 127.0.0.1 instead of the
 # machine's network address. Set only when this run starts its own local cluster.
 RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``--executor ray``: which cluster, and how many workers to start on it."""
+
+    address: str | None = None  # None: start a local cluster for this run
+    workers: int | None = None  # None: one per CPU of the cluster
 
 
 def check_reachable(address: str) -> None:
@@ -74,26 +81,16 @@ def import_ray() -> Any:
     return ray
 
 
-@dataclass
-class WorkerReport:
-    """What a worker counted since its previous report."""
-
-    stats: RunStats
-    engines: dict[str, EngineCounts] = field(default_factory=dict)
-
-
 class ConversationWorker:
     """A Ray actor (the driver wraps it with ``ray.remote``) that runs conversations of one task."""
 
-    def __init__(
-        self, task: Task, seed: int, concurrency: int, cwd: str, env: dict[str, str], log_level: int
-    ) -> None:
-        self.task, self.seed, self.concurrency = task, seed, concurrency
+    def __init__(self, factory: PipelineFactory, cwd: str, env: dict[str, str], log_level: int) -> None:
+        self.factory = factory
         self.cwd, self.env, self.log_level = cwd, env, log_level
-        self.runner: Runner | None = None
+        self.pipeline: Pipeline | None = None
 
     async def start(self) -> dict[str, Any]:
-        """Build the stages and engines here, check the engines, and say where this worker runs.
+        """Build the pipeline here, check its engines, and say where this worker runs.
 
         Done here rather than in ``__init__`` so that an error (a data file missing on this node,
         a server it cannot reach) comes back to the driver as that error."""
@@ -107,34 +104,22 @@ class ConversationWorker:
         package_logger.setLevel(self.log_level)
         package_logger.propagate = False
 
-        from fms_dgt.runner import RunOptions, Runner
-
-        # The runner's output store is never opened here: only the driver writes.
-        self.runner = Runner(
-            self.task, RunOptions(num_outputs=1, seed=self.seed, concurrency=self.concurrency, progress=False)
-        )
-        for engine in self.runner.engines.values():
-            await engine.check()
+        self.pipeline = self.factory.build()
+        await self.pipeline.check()
         import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": __version__}
 
-    async def run(self, attempt: int) -> tuple[Outcome, WorkerReport]:
-        assert self.runner is not None, "start() first"
-        outcome = await self.runner.run_conversation(attempt)
-        return outcome, self._report()
+    async def run(self, attempt: int) -> tuple[Outcome, Counters]:
+        assert self.pipeline is not None, "start() first"
+        outcome = await self.pipeline.run(attempt)
+        return outcome, self.pipeline.take_counts()
 
-    async def close(self) -> WorkerReport:
-        """Release the engines; report what was counted since the last answer."""
-        assert self.runner is not None
-        for engine in self.runner.engines.values():
-            await engine.aclose()
-        return self._report()
-
-    def _report(self) -> WorkerReport:
-        assert self.runner is not None
-        engines = {name: engine.take_counts() for name, engine in self.runner.engines.items()}
-        return WorkerReport(stats=self.runner.stats.take(), engines=engines)
+    async def close(self) -> Counters:
+        """Release the engines; return what was counted since the last answer."""
+        assert self.pipeline is not None
+        await self.pipeline.aclose()
+        return self.pipeline.take_counts()
 
 
 @dataclass(eq=False)
@@ -147,9 +132,23 @@ class _Worker:
 
 
 class RayExecutor(Executor):
-    def __init__(self, runner: Runner, options: RayOptions) -> None:
-        self.runner = runner
+    """Workers build pipelines from ``factory``, with ``environment`` set; ``in_flight()``
+    conversations run on each; every ``Counters`` they send back goes to ``on_counts``."""
+
+    def __init__(
+        self,
+        factory: PipelineFactory,
+        options: RayOptions,
+        in_flight: Callable[[], int],
+        *,
+        environment: dict[str, str],
+        on_counts: Callable[[Counters], None],
+    ) -> None:
+        self.factory = factory
         self.options = options
+        self._in_flight = in_flight
+        self.environment = environment
+        self.on_counts = on_counts
         if options.address is None and "ray" not in sys.modules:
             # A cluster private to this run: keep its traffic on loopback.
             os.environ.setdefault(RAY_LOOPBACK_ONLY, "0")
@@ -163,8 +162,12 @@ class RayExecutor(Executor):
         self.start_seconds = 0.0  # joining or starting the cluster, placing and starting the workers
 
     @property
+    def per_worker(self) -> int:
+        return self._in_flight()
+
+    @property
     def capacity(self) -> int:
-        return len(self.workers) * self.runner.concurrency
+        return len(self.workers) * self.per_worker
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -204,7 +207,7 @@ class RayExecutor(Executor):
         count = self.options.workers or max(1, cpus)
         # One CPU each, so Ray spreads the workers over the nodes; room for close() beside the runs.
         self._actor_class = ray.remote(ConversationWorker).options(
-            num_cpus=1, max_concurrency=self.runner.concurrency + 2
+            num_cpus=1, max_concurrency=self.per_worker + 2
         )
         self.workers = [self._spawn(index) for index in range(count)]
         try:
@@ -236,20 +239,12 @@ class RayExecutor(Executor):
         nodes = len(self.nodes)
         logger.info(
             "%d Ray workers ready on %d node%s in %.1f s, %d conversations in flight each",
-            count, nodes, "s" if nodes > 1 else "", self.start_seconds, self.runner.concurrency,
+            count, nodes, "s" if nodes > 1 else "", self.start_seconds, self.per_worker,
         )
 
     def _spawn(self, index: int) -> _Worker:
-        runner = self.runner
-        env = {
-            name: os.environ[name]
-            for engine in runner.engines.values()
-            for name in engine.environment_variables()
-            if name in os.environ
-        }
         actor = self._actor_class.remote(
-            runner.task, runner.seed, runner.concurrency, os.getcwd(), env,
-            logging.getLogger("fms_dgt").getEffectiveLevel(),
+            self.factory, os.getcwd(), self.environment, logging.getLogger("fms_dgt").getEffectiveLevel()
         )
         return _Worker(index=index, actor=actor, ready=asyncio.ensure_future(actor.start.remote()))
 
@@ -265,7 +260,7 @@ class RayExecutor(Executor):
         async def last_report(worker: _Worker) -> None:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    self._merge(await worker.actor.close.remote())
+                    self.on_counts(await worker.actor.close.remote())
             except (ray.exceptions.RayError, TimeoutError, asyncio.CancelledError):
                 pass  # a dead worker's counts since its last answer are lost with it
 
@@ -293,7 +288,7 @@ class RayExecutor(Executor):
                 self.nodes.add(info["node"])  # a replacement may start on another node
                 ref = actor.run.remote(attempt)
                 try:
-                    outcome, report = await ref
+                    outcome, counts = await ref
                 except asyncio.CancelledError:
                     ray.cancel(ref)
                     raise
@@ -305,7 +300,7 @@ class RayExecutor(Executor):
                 raise self._cause(exc) from None
             finally:
                 worker.in_flight -= 1
-            self._merge(report)
+            self.on_counts(counts)
             return outcome
 
     def _replace(self, worker: _Worker, dead: Any, error: Exception) -> None:
@@ -323,11 +318,6 @@ class RayExecutor(Executor):
         replacement = self._spawn(worker.index)
         worker.actor, worker.ready, worker.pid = replacement.actor, replacement.ready, None
 
-    def _merge(self, report: WorkerReport) -> None:
-        self.runner.stats.merge(report.stats)
-        for name, counts in report.engines.items():
-            self.runner.engines[name].add_counts(counts)
-
     @staticmethod
     def _cause(exc: Exception) -> Exception:
         """A worker's own error (a DgtError: server unreachable, bad data file) as the driver's."""
@@ -340,7 +330,7 @@ class RayExecutor(Executor):
             "address": self.options.address or "local",
             "workers": len(self.workers),
             "nodes": len(self.nodes),
-            "conversations_per_worker": self.runner.concurrency,
+            "conversations_per_worker": self.per_worker,
             "workers_lost": self.lost,
             "conversations_resent": self.resent,
             "start_seconds": round(self.start_seconds, 3),
