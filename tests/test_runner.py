@@ -93,8 +93,11 @@ class FailingAssistant:
 
     def __call__(self, call: RecordedCall) -> Any:
         if call.stage == "lm/assistant/naive":
-            # the user's lines in the prompt count the exchanges (a rewrite's direction is a note)
-            exchange = sum(1 for m in call.messages if m["role"] == "user" and m["content"] in self.inner.user_replies)
+            # the user's lines in the prompt count the exchanges (a rewrite appends a note to the last)
+            exchange = sum(
+                1 for m in call.messages
+                if m["role"] == "user" and any(m["content"].startswith(r) for r in self.inner.user_replies)
+            )
             if exchange == self.fail_on:
                 return "   "
         return self.inner(call)
