@@ -20,7 +20,7 @@ from fms_dgt.stages.base import ConversationContext, DropConversation, Resources
 from fms_dgt.stages.flow_controller import FlowControllerStage
 from fms_dgt.stages.persona import PersonaStage, render_persona
 from fms_dgt.stages.scenario import ScenarioStage
-from fms_dgt.stages.user import UserStage, rejection, without_greeting
+from fms_dgt.stages.user import UserStage, rejection, without_greeting, without_meta_note
 from fms_dgt.stats import RunStats
 
 # The verifier's answer to a draft that passes (it follows each draft the phrase checks accept).
@@ -411,6 +411,11 @@ async def test_user_stage_cuts_a_repeated_greeting_instead_of_rewriting(tmp_path
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
     assert conv.steps[-1].content == "Does the rain make it worse?"
     assert res.stats.repairs == {"user:greeting_removed": 1} and len(engine.calls) == 1
+
+
+def test_an_unmatched_opening_parenthesis_is_dropped() -> None:
+    assert without_meta_note("(As a truck driver, how do you stay active?") == "As a truck driver, how do you stay active?"
+    assert without_meta_note("(sigh) my tomatoes again") == "(sigh) my tomatoes again"
 
 
 def test_a_goodbye_is_fine_in_the_closing_message() -> None:

@@ -50,7 +50,12 @@ _META_NOTE = re.compile(
 
 
 def without_meta_note(draft: str) -> str:
-    return _META_NOTE.sub("", draft)
+    """The draft without a note about the instructions, and without the opening parenthesis of a
+    stage direction it imitated ("(As a long-haul truck driver, I'm ..." on qwen2.5-1.5b)."""
+    draft = _META_NOTE.sub("", draft)
+    if draft.startswith("(") and ")" not in draft:
+        draft = draft[1:].lstrip()
+    return draft
 
 
 # A goodbye before the closing exchange leaves the next turns talking past it.
