@@ -20,7 +20,8 @@ PACKAGE = "fms_dgt"
 # From the bottom up. A module's layer is the first entry that is the module or a package above it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["fms_dgt", "fms_dgt.errors", "fms_dgt.registry", "fms_dgt.plugins", "fms_dgt.conversation",
-                     "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config"]),
+                     "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.templates", "fms_dgt.datafiles", "fms_dgt.config",
+                     "fms_dgt.usage"]),
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
     ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",

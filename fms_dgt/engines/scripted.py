@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fms_dgt.config import EngineConfig
-from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
-from fms_dgt.engines.endpoints import Endpoint
+from fms_dgt.engines.base import ChatResult, InProcessEngine, Message, Request, Usage
 
 Reply = str | dict[str, Any] | Exception | ChatResult
 Responder = Callable[[list[Message], dict[str, Any] | None, dict[str, Any]], Reply]
@@ -23,7 +22,7 @@ class RecordedCall:
     params: dict[str, Any]
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(InProcessEngine):
     """Replies come from ``replies`` (in order), else from ``responder``; dicts are sent as JSON.
 
     An ``Exception`` in the queue is raised instead of answering, to script failures; a
@@ -46,18 +45,13 @@ class ScriptedEngine(Engine):
         self.responder = responder
         self.calls: list[RecordedCall] = []
 
-    async def _send(
-        self,
-        messages: list[Message],
-        json_schema: dict[str, Any] | None,
-        params: dict[str, Any],
-        endpoint: Endpoint | None,
-    ) -> ChatResult:
-        self.calls.append(RecordedCall([dict(m) for m in messages], json_schema, dict(params)))
+    async def send(self, request: Request) -> ChatResult:
+        messages, json_schema, params = request.messages, request.json_schema, dict(request.params)
+        self.calls.append(RecordedCall([dict(m) for m in messages], json_schema, params))
         if self.replies:
             reply = self.replies.popleft()
         elif self.responder is not None:
-            reply = self.responder(messages, json_schema, params)
+            reply = self.responder(messages, json_schema, dict(params))
         else:
             raise AssertionError("scripted engine: no reply queued for this call")
         if isinstance(reply, Exception):
