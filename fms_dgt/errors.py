@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fms_dgt.usage import Usage
+
 
 class DgtError(Exception):
     """Base class: an expected failure that the CLI reports in one line, without a traceback."""
@@ -59,6 +61,8 @@ class EngineError(DgtError):
     """An LM call failed for good (after retries), or an engine could not start.
 
     The message names the engine, model and URL so the user knows which server to look at.
+    ``calls`` and ``usage`` are what the failed call still spent (attempts made, tokens of replies
+    that came back but were not used), so the run's accounting counts failures too.
     """
 
     def __init__(
@@ -71,6 +75,8 @@ class EngineError(DgtError):
         retryable: bool = False,
         retry_after: float | None = None,
         fatal: bool = False,
+        calls: int = 0,
+        usage: Usage | None = None,
     ) -> None:
         self.cause = cause
         self.fatal = fatal  # the run should stop: this engine is failing most of its requests
@@ -79,6 +85,8 @@ class EngineError(DgtError):
         self.url = url
         self.retryable = retryable
         self.retry_after = retry_after
+        self.calls = calls
+        self.usage = usage if usage is not None else Usage()
         where = ", ".join(
             f"{k} {v}" for k, v in (("engine", engine), ("model", model), ("url", url)) if v
         )

@@ -14,6 +14,7 @@ from fms_dgt.engines.base import ChatResult, Engine, Message, Schema
 from fms_dgt.errors import EngineError
 from fms_dgt.spend import charge
 from fms_dgt.stats import RunStats
+from fms_dgt.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,8 @@ class LMClient:
         calling = caller.stage.set(stage)
         try:
             result = await target.chat(messages, schema=schema, **params)
-        except EngineError as exc:
-            usage = getattr(exc, "usage", None)
-            self._record(
-                stage,
-                engine,
-                calls=getattr(exc, "calls", 1),
-                prompt=usage.prompt_tokens if usage else 0,
-                completion=usage.completion_tokens if usage else 0,
-                cached=usage.cached_tokens if usage else 0,
-                seconds=time.perf_counter() - started,
-                failed=True,
-            )
+        except EngineError as exc:  # what the failed call still spent is on the error
+            self._record(stage, engine, exc.calls, exc.usage, time.perf_counter() - started, failed=True)
             raise
         finally:
             caller.stage.reset(calling)
@@ -61,22 +52,12 @@ class LMClient:
             stage, engine, time.perf_counter() - started,
             result.usage.prompt_tokens, result.usage.completion_tokens, result.finish_reason,
         )
-        self._record(
-            stage,
-            engine,
-            calls=result.calls,
-            prompt=result.usage.prompt_tokens,
-            completion=result.usage.completion_tokens,
-            cached=result.usage.cached_tokens,
-            seconds=time.perf_counter() - started,
-            failed=False,
-        )
+        self._record(stage, engine, result.calls, result.usage, time.perf_counter() - started, failed=False)
         return result
 
-    def _record(
-        self, stage: str, engine: str, *, calls: int, prompt: int, completion: int, cached: int, seconds: float, failed: bool
-    ) -> None:
+    def _record(self, stage: str, engine: str, calls: int, usage: Usage, seconds: float, *, failed: bool) -> None:
         """Count a call in the run's stats and in its conversation's spend, priced by the engine."""
+        prompt, completion, cached = usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
         price = self.engines[engine].config.price
         cost = price.cost(prompt, completion, cached) if price is not None else 0.0
         self.stats.record_call(

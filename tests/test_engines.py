@@ -176,7 +176,8 @@ async def test_openai_always_invalid_structured_reply_raises() -> None:
     assert "after 3 calls" in message
     assert "title" in message  # names the first failing field
     assert "sim-model" in message and server.url in message
-    assert info.value.calls == 3  # type: ignore[attr-defined]
+    assert info.value.calls == 3
+    assert info.value.usage.completion_tokens > 0  # the invalid replies were paid for
     assert engine.retry_reasons["invalid structured output"] == 3
 
 

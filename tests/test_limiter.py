@@ -105,7 +105,7 @@ def test_timeouts_cut_the_limit_through_the_gate() -> None:
     async def scenario() -> None:
         gate: Gate[str] = Gate({"local": limit}, clock=clock)
         key, started = await gate.acquire()
-        gate.release(key, started, dropped=True)  # how base.Engine reports a timeout
+        gate.release(key, started, dropped=True)  # how the Gated layer reports a timeout
         assert limit.limit == 20
 
     asyncio.run(scenario())

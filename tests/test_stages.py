@@ -465,18 +465,16 @@ async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> N
 
 
 async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None:
-    engine = ScriptedEngine()
-    engine.responder = None
-    res = resources(tmp_path, engine)
-    stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     from fms_dgt.engines.base import ChatResult
 
-    async def send(messages: Any, json_schema: Any, *args: Any) -> ChatResult:
+    def reply(messages: Any, json_schema: Any, params: Any) -> ChatResult:
         if json_schema is not None:  # the verifier's call
             return ChatResult('{"reason": "fine", "verdict": "ok"}', finish_reason="stop")
         return ChatResult("First sentence is whole and long enough. Second one is cut", finish_reason="length")
 
-    engine._send = send  # type: ignore[method-assign]
+    engine = ScriptedEngine(responder=reply)
+    res = resources(tmp_path, engine)
+    stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation()
     conv.steps.append(MessageStep(role="user", content="hi"))
     await stage(conv, ConversationContext(rng=random.Random(0), max_turns=4))

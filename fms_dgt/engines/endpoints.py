@@ -8,8 +8,8 @@ after the cool-down it gets one probe request at a time until one succeeds. The 
 with each failed probe. With a single URL nothing changes: a lone endpoint is always used, and
 the engine's retry backoff applies as before.
 
-The OpenAI and Ollama engines share this; the retry loop in ``base.Engine`` picks an endpoint
-per attempt and reports each outcome here.
+Server engines (``engines.server``) share this: the gate (``engines.gate``) picks an endpoint
+per attempt with ``Endpoints.pick``, and the ``EndpointRoute`` layer reports each outcome here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from fms_dgt.engines.request import ChatResult, Request, Send
 from fms_dgt.errors import EngineError
 
 
@@ -172,6 +173,29 @@ class Endpoints:
             if endpoint is not None:
                 endpoint.counts.calls += more.calls
                 endpoint.counts.errors += more.errors
+
+
+class EndpointRoute:
+    """Adds to ``inner`` (a send to ``endpoint``): the attempt counted as outstanding there while it
+    runs, and its outcome reported to the balancer, which rests an endpoint that fails."""
+
+    def __init__(self, endpoints: Endpoints, endpoint: Endpoint, inner: Send) -> None:
+        self._endpoints = endpoints
+        self._endpoint = endpoint
+        self._inner = inner
+
+    async def __call__(self, request: Request) -> ChatResult:
+        endpoint = self._endpoint
+        endpoint.outstanding += 1
+        try:
+            result = await self._inner(request)
+        except EngineError as exc:
+            self._endpoints.failed(endpoint, exc)
+            raise
+        finally:
+            endpoint.outstanding -= 1
+        self._endpoints.succeeded(endpoint)
+        return result
 
 
 async def check_endpoints(

@@ -6,6 +6,9 @@ number (``priority`` below, set by the runner for each conversation), so request
 that started earlier are served first: conversations finish in a steady stream from the start
 instead of all together at the end, and spare conversations started for the tail only ever use
 capacity nobody earlier wants. Ties (and requests outside a conversation) go in arrival order.
+
+``Gated`` is the engine layer around it: each attempt waits here, goes to the place (endpoint)
+the gate granted, and its outcome and latency go back to that place's limit.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 from fms_dgt.engines.limiter import Limit
+from fms_dgt.engines.request import ChatResult, Request, Send
+from fms_dgt.errors import EngineError
 
 # The priority of LM requests made from the current task (lower goes first); the runner sets it
 # to the conversation's attempt number. Unset (-1), a request goes before every conversation's.
@@ -127,3 +132,31 @@ class Gate(Generic[Key]):
 
     def report(self) -> dict[Key, dict[str, object]]:
         return {key: limit.report() for key, limit in self.limits.items()}
+
+
+class Gated(Generic[Key]):
+    """Adds to the ``routes`` (one per key of ``gate``): a wait for room under a key's limit, which
+    also picks the route, so a retry goes where the last attempt did not fail. Overload signs
+    (429, 5xx, timeouts, refused connections) cut that limit; a 400 does not."""
+
+    def __init__(self, gate: Gate[Key], routes: dict[Key, Send]) -> None:
+        self.gate = gate
+        self._routes = routes
+        # Requests abandoned while the server worked on them (spare conversations cancelled at N).
+        self.cancelled = 0
+
+    async def __call__(self, request: Request) -> ChatResult:
+        key, started = await self.gate.acquire()
+        latency, dropped, retry_after = None, False, None
+        try:
+            result = await self._routes[key](request)
+            latency = time.monotonic() - started
+            return result
+        except EngineError as exc:
+            dropped, retry_after = exc.retryable, exc.retry_after
+            raise
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.gate.release(key, started, latency=latency, dropped=dropped, retry_after=retry_after)

@@ -15,8 +15,7 @@ from pydantic import Field
 
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines import local_models
-from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
-from fms_dgt.engines.endpoints import Endpoint
+from fms_dgt.engines.base import ENGINES, ChatResult, InProcessEngine, Request, Usage
 
 
 class LocalConfig(EngineConfig):
@@ -33,7 +32,7 @@ class LocalConfig(EngineConfig):
 
 
 @ENGINES.register("local")
-class LocalEngine(Engine):
+class LocalEngine(InProcessEngine):
     Config = LocalConfig
     config: LocalConfig
     shares_compute = True
@@ -96,23 +95,17 @@ class LocalEngine(Engine):
         """Loading the model is the check: a missing package or bad file fails here, before any turn."""
         await self._ensure_loaded()
 
-    async def _send(
-        self,
-        messages: list[Message],
-        json_schema: dict[str, Any] | None,
-        params: dict[str, Any],
-        endpoint: Endpoint | None,
-    ) -> ChatResult:
+    async def send(self, request: Request) -> ChatResult:
         if self._server is None:
             await self._ensure_loaded()
-        request: dict[str, Any] = {"messages": messages, **params}
-        if json_schema is not None:
-            request["response_format"] = {
+        body: dict[str, Any] = {"messages": request.messages, **request.params}
+        if request.json_schema is not None:
+            body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": json_schema, "strict": True},
+                "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
             }
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._pool, self._server.handle_chat_completions, request)
+        reply = await loop.run_in_executor(self._pool, self._server.handle_chat_completions, body)
         if "error" in reply:
             error = reply["error"]
             code = int(error.get("code") or 500)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -10,8 +10,11 @@ import ollama
 from pydantic import Field
 
 from fms_dgt.config import EngineConfig
-from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
-from fms_dgt.engines.endpoints import Endpoint, Endpoints, check_endpoints
+from fms_dgt.engines.base import ENGINES
+from fms_dgt.engines.endpoints import Endpoint
+from fms_dgt.engines.request import ChatResult, Request
+from fms_dgt.engines.server import ServerEngine
+from fms_dgt.usage import Usage
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -23,20 +26,17 @@ class OllamaConfig(EngineConfig):
 
 
 @ENGINES.register("ollama")
-class OllamaEngine(Engine):
+class OllamaEngine(ServerEngine):
     Config = OllamaConfig
     config: OllamaConfig
+    url_variable = "OLLAMA_HOST"
+    default_url = DEFAULT_HOST
 
     def __init__(self, name: str, config: OllamaConfig, **client_kwargs: Any) -> None:
         """``client_kwargs`` go to the underlying ``httpx.AsyncClient`` (e.g. ``transport=`` in tests)."""
         super().__init__(name, config)
-        hosts = config.base_urls() or [os.environ.get("OLLAMA_HOST") or DEFAULT_HOST]
-        self.endpoints = Endpoints(name, hosts)
         self._client_kwargs = client_kwargs
         self._clients: dict[str, ollama.AsyncClient] = {}  # one per host: the client is bound to it
-
-    def environment_variables(self) -> list[str]:
-        return ["OLLAMA_HOST"]
 
     def client(self, endpoint: Endpoint) -> ollama.AsyncClient:
         client = self._clients.get(endpoint.url)
@@ -46,7 +46,7 @@ class OllamaEngine(Engine):
             )
         return client
 
-    def _options(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _options(self, params: Mapping[str, Any]) -> dict[str, Any]:
         options = {k: v for k, v in params.items() if k in ("temperature", "top_p", "seed", "stop")}
         if "max_tokens" in params:
             options["num_predict"] = params["max_tokens"]
@@ -54,20 +54,13 @@ class OllamaEngine(Engine):
             options["num_ctx"] = self.config.num_ctx
         return options
 
-    async def _send(
-        self,
-        messages: list[Message],
-        json_schema: dict[str, Any] | None,
-        params: dict[str, Any],
-        endpoint: Endpoint | None,
-    ) -> ChatResult:
-        assert endpoint is not None
+    async def send(self, request: Request, endpoint: Endpoint) -> ChatResult:
         try:
             response = await self.client(endpoint).chat(
                 model=self.config.model,
-                messages=messages,
-                format=json_schema,
-                options=self._options(params),
+                messages=request.messages,
+                format=request.json_schema,
+                options=self._options(request.params),
                 keep_alive=self.config.keep_alive,
             )
         except ollama.ResponseError as exc:
@@ -89,12 +82,7 @@ class OllamaEngine(Engine):
             usage=Usage(response.prompt_eval_count or 0, response.eval_count or 0),
         )
 
-    async def check(self) -> None:
-        """At least one endpoint must answer, and every one that answers must have the model."""
-        assert self.endpoints is not None
-        await check_endpoints(self.endpoints, self._check_endpoint, self.error)
-
-    async def _check_endpoint(self, endpoint: Endpoint) -> None:
+    async def check_endpoint(self, endpoint: Endpoint) -> None:
         """The server must answer and already have the model (we never pull)."""
         try:
             listed = await self.client(endpoint).list()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
@@ -11,10 +12,13 @@ from pydantic import Field
 
 from fms_dgt import __version__
 from fms_dgt.config import EngineConfig
-from fms_dgt.engines.base import ENGINES, ChatResult, Engine, Message, Usage
+from fms_dgt.engines.base import ENGINES, Engine
 from fms_dgt.engines.connection_slots import ConnectionSlots
-from fms_dgt.engines.endpoints import Endpoint, Endpoints, check_endpoints
+from fms_dgt.engines.endpoints import Endpoint
+from fms_dgt.engines.request import ChatResult, Message, Request
+from fms_dgt.engines.server import ServerEngine
 from fms_dgt.errors import EngineError
+from fms_dgt.usage import Usage
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -54,14 +58,14 @@ def status_error(engine: Engine, response: httpx.Response, url: str | None = Non
 
 
 @ENGINES.register("openai")
-class OpenAIEngine(Engine):
+class OpenAIEngine(ServerEngine):
     Config = OpenAIConfig
     config: OpenAIConfig
+    url_variable = "OPENAI_BASE_URL"
+    default_url = DEFAULT_BASE_URL
 
     def __init__(self, name: str, config: OpenAIConfig) -> None:
         super().__init__(name, config)
-        urls = config.base_urls() or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
-        self.endpoints = Endpoints(name, [url.rstrip("/") for url in urls])
         self._slots = ConnectionSlots()
         self._json_mode = "json_schema" if config.json_mode == "auto" else config.json_mode
         # Built once, not per request: URLs, headers and the timeouts httpx reads from each request.
@@ -70,7 +74,7 @@ class OpenAIEngine(Engine):
         self._timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)).as_dict()
 
     def environment_variables(self) -> list[str]:
-        return [self.config.api_key_env, "OPENAI_BASE_URL"]
+        return [self.config.api_key_env, *super().environment_variables()]
 
     def _base_headers(self) -> list[tuple[str, str]]:
         """Headers of every request; the key is read when the first request goes out (a Ray worker
@@ -100,7 +104,7 @@ class OpenAIEngine(Engine):
         return response
 
     def _body(
-        self, messages: list[Message], json_schema: dict[str, Any] | None, params: dict[str, Any]
+        self, messages: list[Message], json_schema: dict[str, Any] | None, params: Mapping[str, Any]
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, **params}
         if json_schema is not None:
@@ -125,14 +129,8 @@ class OpenAIEngine(Engine):
                 f"connection error: {type(exc).__name__} {exc}".strip(), retryable=True, url=endpoint.name
             ) from None
 
-    async def _send(
-        self,
-        messages: list[Message],
-        json_schema: dict[str, Any] | None,
-        params: dict[str, Any],
-        endpoint: Endpoint | None,
-    ) -> ChatResult:
-        assert endpoint is not None
+    async def send(self, request: Request, endpoint: Endpoint) -> ChatResult:
+        messages, json_schema, params = request.messages, request.json_schema, request.params
         response = await self._post(endpoint, self._body(messages, json_schema, params))
         if (
             response.status_code == 400
@@ -158,12 +156,7 @@ class OpenAIEngine(Engine):
             text=text, finish_reason=choice.get("finish_reason"), usage=Usage.from_openai(data.get("usage"))
         )
 
-    async def check(self) -> None:
-        """At least one endpoint must answer; see ``check_endpoints``."""
-        assert self.endpoints is not None
-        await check_endpoints(self.endpoints, self._check_endpoint, self.error)
-
-    async def _check_endpoint(self, endpoint: Endpoint) -> None:
+    async def check_endpoint(self, endpoint: Endpoint) -> None:
         """Any HTTP answer from ``/models`` proves the server is up; a refused connection does not."""
         try:
             response = await self._request(

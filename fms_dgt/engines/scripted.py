@@ -10,8 +10,7 @@ from typing import Any
 
 from fms_dgt import caller
 from fms_dgt.config import EngineConfig
-from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
-from fms_dgt.engines.endpoints import Endpoint
+from fms_dgt.engines.base import ChatResult, InProcessEngine, Message, Request, Usage
 
 Reply = str | dict[str, Any] | Exception | ChatResult
 
@@ -27,7 +26,7 @@ class RecordedCall:
 Responder = Callable[[RecordedCall], Reply]
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(InProcessEngine):
     """Replies come from ``replies`` (in order), else from ``responder(call)``, which answers by
     ``call.stage`` (the calling stage's name) rather than by prompt wording; dicts are sent as JSON.
 
@@ -51,14 +50,10 @@ class ScriptedEngine(Engine):
         self.responder = responder
         self.calls: list[RecordedCall] = []
 
-    async def _send(
-        self,
-        messages: list[Message],
-        json_schema: dict[str, Any] | None,
-        params: dict[str, Any],
-        endpoint: Endpoint | None,
-    ) -> ChatResult:
-        call = RecordedCall([dict(m) for m in messages], json_schema, dict(params), caller.stage.get())
+    async def send(self, request: Request) -> ChatResult:
+        call = RecordedCall(
+            [dict(m) for m in request.messages], request.json_schema, dict(request.params), caller.stage.get()
+        )
         self.calls.append(call)
         if self.replies:
             reply = self.replies.popleft()

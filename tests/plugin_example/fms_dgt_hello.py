@@ -7,12 +7,12 @@ installs it into a temporary folder on ``PYTHONPATH`` and runs a task that uses 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fms_dgt import LMStage, register_engine, register_stage
 from fms_dgt.config import EngineConfig, LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
-from fms_dgt.engines.base import ChatResult, Engine, Message, Usage
+from fms_dgt.engines.base import ChatResult, InProcessEngine, Request, Usage
 from fms_dgt.stages.base import ConversationContext
 
 
@@ -22,15 +22,16 @@ class EchoConfig(EngineConfig):
 
 
 @register_engine("hello/echo")
-class EchoEngine(Engine):
-    """Answers every request with its last message, prefixed."""
+class EchoEngine(InProcessEngine):
+    """Answers every request with its last message, prefixed: ``send`` and ``check`` are all an
+    engine implements (retries, re-asks, limits and timeouts are the layers around ``send``)."""
 
     Config = EchoConfig
     config: EchoConfig
 
-    async def _send(self, messages: list[Message], json_schema: Any, params: dict[str, Any], endpoint: Any) -> ChatResult:
-        text = f"{self.config.prefix}: {messages[-1]['content']}"
-        return ChatResult(text=text, finish_reason="stop", usage=Usage(len(messages), len(text.split())))
+    async def send(self, request: Request) -> ChatResult:
+        text = f"{self.config.prefix}: {request.messages[-1]['content']}"
+        return ChatResult(text=text, finish_reason="stop", usage=Usage(len(request.messages), len(text.split())))
 
     async def check(self) -> None:
         return None
