@@ -467,8 +467,8 @@ async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> N
 async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None:
     from fms_dgt.engines.base import ChatResult
 
-    def reply(messages: Any, json_schema: Any, params: Any) -> ChatResult:
-        if json_schema is not None:  # the verifier's call
+    def reply(call: Any) -> ChatResult:
+        if call.schema is not None:  # the verifier's call
             return ChatResult('{"reason": "fine", "verdict": "ok"}', finish_reason="stop")
         return ChatResult("First sentence is whole and long enough. Second one is cut", finish_reason="length")
 

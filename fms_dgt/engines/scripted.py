@@ -66,7 +66,7 @@ class ScriptedEngine(InProcessEngine):
         if isinstance(reply, ChatResult):
             return reply
         text = json.dumps(reply) if isinstance(reply, dict) else reply
-        prompt_tokens = sum(len(m["content"]) for m in messages) // 4
+        prompt_tokens = sum(len(m["content"]) for m in request.messages) // 4
         return ChatResult(text=text, finish_reason="stop", usage=Usage(prompt_tokens, len(text) // 4))
 
     async def check(self) -> None:
