@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 FINAL = "final_data.jsonl"
 FORMATTED = "formatted_output.jsonl"
 SUMMARY = "run_summary.json"
+# Conversations not kept (dropped by a stage, failed on the engine, rejected by the gate), with
+# what they had written and the drafts turned down: nothing generated is lost.
+DROPPED = "dropped.jsonl"
 # The task as this run understood it (for the analysis report and provenance).
 TASK_SNAPSHOT = "task.json"
 # Derived files, rewritten by every run, deleted by --restart.
@@ -45,7 +48,9 @@ class OutputStore:
         self.final_path = self.dir / FINAL
         self.formatted_path = self.dir / FORMATTED
         self.summary_path = self.dir / SUMMARY
+        self.dropped_path = self.dir / DROPPED
         self._final: IO[str] | None = None
+        self._dropped: IO[str] | None = None
         self._lock: IO[str] | None = None
         self._formatted: IO[str] | None = None
         self.ids: set[str] = set()
@@ -61,10 +66,11 @@ class OutputStore:
         try:
             if restart:
                 derived = [self.dir / name for name in (TASK_SNAPSHOT, *REPORTS, VIEWER)]
-                for path in (self.final_path, self.formatted_path, self.summary_path, *derived):
+                for path in (self.final_path, self.formatted_path, self.summary_path, self.dropped_path, *derived):
                     path.unlink(missing_ok=True)
             existing = self._load_existing()
             self._final = self.final_path.open("a", encoding="utf-8")
+            self._dropped = self.dropped_path.open("a", encoding="utf-8")
             # Rebuilt from final_data so the two files always agree, whatever happened before.
             self._formatted = self.formatted_path.open("w", encoding="utf-8")
         except OSError as exc:
@@ -149,6 +155,12 @@ class OutputStore:
         self.ids.add(conv.conversation_id)
         self.count += 1
 
+    def append_dropped(self, record: dict[str, Any]) -> None:
+        """Write one conversation that was not kept (see ``DROPPED``), flushed."""
+        assert self._dropped is not None, "open() first"
+        self._dropped.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._dropped.flush()
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.summary_path, summary)
 
@@ -156,12 +168,12 @@ class OutputStore:
         _write_json(self.dir / TASK_SNAPSHOT, snapshot)
 
     def close(self) -> None:
-        for handle in (self._final, self._formatted):
+        for handle in (self._final, self._formatted, self._dropped):
             if handle is not None:
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
-        self._final = self._formatted = None
+        self._final = self._formatted = self._dropped = None
         if self._lock is not None:
             # A clean exit leaves no pid behind, so only a killed run's lock is reported as taken over.
             self._lock.truncate(0)

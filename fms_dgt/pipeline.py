@@ -52,6 +52,7 @@ class Outcome:
     drop_reason: str | None = None
     engine_error: EngineError | None = None
     rejected: Rejection | None = None  # the stage's last rejected draft, when a stage dropped it
+    partial: Conversation | None = None  # a dropped conversation's complete exchanges, for dropped.jsonl
     attempt: int = -1
     spend: Spend | None = None  # what this conversation cost, kept or not
 
@@ -222,9 +223,9 @@ class Pipeline:
             for stage in self.termination_stages:
                 await stage(conv, ctx)
         except DropConversation as drop:
-            return Outcome(None, drop_reason=drop.reason, rejected=drop.rejected)
+            return Outcome(None, drop_reason=drop.reason, rejected=drop.rejected, partial=conv)
         except EngineError as exc:
-            return Outcome(None, drop_reason="engine_error", engine_error=exc)
+            return Outcome(None, drop_reason="engine_error", engine_error=exc, partial=conv)
         return Outcome(conv)
 
     def _target_turns(self, conv: Conversation) -> int:

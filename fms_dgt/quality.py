@@ -105,8 +105,9 @@ class ConversationGate:
         if len(self.index):
             logger.info("near-duplicate index: %d conversations already kept", len(self.index))
 
-    def rejects(self, conv: Conversation) -> bool:
-        """True (and counted in ``dropped``) if ``conv`` must not be kept; else it is indexed."""
+    def rejects(self, conv: Conversation) -> str | None:
+        """Why ``conv`` must not be kept (counted in ``dropped`` as ``gate:<reason>``), or None,
+        and then it is indexed."""
         reason = problem(conv)
         signature = None
         if reason is None and self.index is not None:
@@ -118,7 +119,7 @@ class ConversationGate:
         if reason is None:
             if self.index is not None:
                 self.index.add(conv.conversation_id, signature)
-            return False
+            return None
         # Counted as a drop, so the keep-rate breaker stops a run whose conversations it keeps rejecting.
         self.stats.dropped[f"gate:{reason}"] += 1
-        return True
+        return f"gate:{reason}"

@@ -26,6 +26,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
+from fms_dgt.conversation import Conversation
 from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
 from fms_dgt.quality import ConversationGate
@@ -160,6 +161,7 @@ class Runner:
                     if outcome.conv is None:
                         assert outcome.drop_reason is not None
                         self.stats.dropped[outcome.drop_reason] += 1
+                        self.store.append_dropped(dropped_record(outcome, outcome.drop_reason, outcome.partial))
                         progress.update(0)
                         if outcome.engine_error is not None:
                             if outcome.engine_error.fatal:
@@ -174,7 +176,9 @@ class Runner:
                         continue
                     consecutive_failures = 0
                     conv = outcome.conv
-                    if self.gate.rejects(conv):  # conversation-level checks, near-duplicates
+                    reason = self.gate.rejects(conv)  # conversation-level checks, near-duplicates
+                    if reason is not None:
+                        self.store.append_dropped(dropped_record(outcome, reason, conv))
                         outcome.conv = None  # not kept, for the guard's forecast too
                         continue
                     self.store.append(conv)
@@ -235,3 +239,18 @@ class Runner:
             **self.stats.as_dict(),
             **self.guard.summary(),
         }
+
+
+def dropped_record(outcome: Outcome, reason: str, conv: Conversation | None) -> dict[str, Any]:
+    """A line of dropped.jsonl: why the conversation was not kept, the drafts its last turn had
+    turned down, and every complete exchange it had written."""
+    rejected = outcome.rejected
+    return {
+        "attempt": outcome.attempt,
+        "conversation_id": conv.conversation_id if conv is not None else None,
+        "reason": reason,
+        "engine_error": str(outcome.engine_error) if outcome.engine_error is not None else None,
+        "rejected": None if rejected is None else {"stage": rejected.stage, "reason": rejected.reason,
+                                                   "drafts": list(rejected.drafts) or [{"text": rejected.text}]},
+        "conversation": conv.model_dump(mode="json") if conv is not None else None,
+    }

@@ -206,6 +206,11 @@ async def test_a_run_the_gate_rejects_entirely_is_stopped_by_the_keep_rate_break
     assert result.status == "failed" and "keep rate is below 5 %" in str(result.error)
     assert "top drops: gate:near_duplicate" in str(result.error)
     assert result.summary["total"] == 1 and set(result.summary["dropped"]) == {"gate:near_duplicate"}
+    # the rejected conversations are kept on disk, whole, with the gate's reason
+    dropped = [json.loads(line) for line in (result.output_dir / "dropped.jsonl").read_text().splitlines()]
+    assert len(dropped) == sum(result.summary["dropped"].values())
+    assert {d["reason"] for d in dropped} == {"gate:near_duplicate"}
+    assert all(d["conversation"]["steps"] and d["rejected"] is None for d in dropped)
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,15 @@ async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> 
     runner.pipeline.run = limited  # type: ignore[method-assign]
     result = await runner.run()
     assert result.summary["dropped"] == {"assistant_empty": 3}
+    # nothing generated is lost: each dropped conversation is in dropped.jsonl, with its complete
+    # exchange and every draft its failing turn turned down
+    dropped = read_jsonl(result.output_dir / "dropped.jsonl")
+    assert [d["reason"] for d in dropped] == ["assistant_empty"] * 3
+    first = dropped[0]
+    assert first["rejected"]["stage"] == "lm/assistant/naive"
+    assert [d["reason"] for d in first["rejected"]["drafts"]] == ["empty"] * 3  # max_attempts 3
+    roles = [s["role"] for s in first["conversation"]["steps"] if s["role"] in ("user", "assistant")]
+    assert roles == ["user", "assistant"]  # exchange 1; the failed exchange 2 was rolled back
     assert result.summary["total"] == 1
 
 

@@ -29,6 +29,8 @@ class Rejection:
     stage: str
     reason: str
     text: str
+    # Every draft of the failing turn that was turned down, with its reason (for dropped.jsonl).
+    drafts: tuple[dict[str, Any], ...] = ()
 
 
 class DropConversation(Exception):  # noqa: N818 - a signal, not an error

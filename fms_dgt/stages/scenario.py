@@ -88,4 +88,6 @@ class ScenarioStage(LMStage):
                 return
             self.resources.stats.rejected_drafts[f"scenario:{reason}"] += 1
             rejected.append({"reason": reason, "text": text[:300]})
-        raise DropConversation("scenario_empty", Rejection(self.name, rejected[-1]["reason"], rejected[-1]["text"]))
+        raise DropConversation(
+            "scenario_empty", Rejection(self.name, rejected[-1]["reason"], rejected[-1]["text"], tuple(rejected))
+        )

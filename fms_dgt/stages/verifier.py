@@ -168,4 +168,6 @@ async def write_verified(
         rejected.append({"reason": last.reason, "feedback": last.feedback, "text": text[:300]})
         prompt = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']}\n\n{rewrite(last)}"}]
     assert last is not None
-    raise DropConversation(f"{role}_{last.reason}", Rejection(stage.name, last.reason, rejected[-1]["text"]))
+    raise DropConversation(
+        f"{role}_{last.reason}", Rejection(stage.name, last.reason, rejected[-1]["text"], tuple(rejected))
+    )
