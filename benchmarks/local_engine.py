@@ -1,6 +1,6 @@
 """The README's main command on the embedded engine, beside what this machine can do at most.
 
-1. raw rates of the engine on this machine, with the task's slots: prompt processing (one
+1. raw rates of the embedded engine on this machine, with the task's slots: prompt processing (one
    ~600-token prompt, prompt cache off) and generation (``slots`` streams at once, 48 tokens each);
 2. the README's main command as written, in a subprocess (only ``--output-dir`` is added, to a
    temporary folder): wall time, time to the first kept conversation, and from the run's own
@@ -18,16 +18,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import yaml
+
+from fms_dgt.engines.local import LocalConfig, LocalEngine
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "tasks/public/examples/chit_chat/task.yaml"
@@ -37,46 +38,30 @@ FILLER = (
 )
 
 
-def raw_rates(model: str | None, slots: int) -> dict[str, float]:
-    """Prompt tokens/s and generated tokens/s (all slots together) of the bare llama.cpp server."""
-    import xllamacpp
-
-    from fms_dgt.engines import local_models
-
-    params = xllamacpp.CommonParams()
-    params.model.path = str(local_models.resolve(model))
-    params.n_parallel = slots
-    params.n_ctx = 4096 * slots
-    for cpu in (params.cpuparams, params.cpuparams_batch):
-        cpu.n_threads = os.cpu_count() or 2
-        cpu.poll = 0  # as the engine sets it
-    params.verbosity = -1
-    params.port = 0
-    server = xllamacpp.Server(params)
-    server.handle_chat_completions({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+async def raw_rates(model: str | None, slots: int) -> dict[str, float]:
+    """Prompt tokens/s and generated tokens/s (all slots together) of the embedded engine itself,
+    loaded as the task loads it, with no pipeline around it."""
+    engine = LocalEngine("raw", LocalConfig(type="local", model=model, max_concurrency=slots))
+    await engine.check()
+    await engine.chat([{"role": "user", "content": "hi"}], max_tokens=2)
     t0 = time.perf_counter()
-    reply = server.handle_chat_completions({
-        "messages": [{"role": "system", "content": FILLER * 16}, {"role": "user", "content": "Any tips?"}],
-        "max_tokens": 1, "cache_prompt": False,
-    })
-    prompt_rate = reply["usage"]["prompt_tokens"] / (time.perf_counter() - t0)
-    generated: list[int] = []
+    reply = await engine.chat(
+        [{"role": "system", "content": FILLER * 16}, {"role": "user", "content": "Any tips?"}],
+        max_tokens=1, cache_prompt=False,
+    )
+    prompt_rate = reply.usage.prompt_tokens / (time.perf_counter() - t0)
 
-    def stream(i: int) -> None:
-        reply = server.handle_chat_completions({
-            "messages": [{"role": "user", "content": f"Tell me a long story about dragon number {i}."}],
-            "max_tokens": 48, "temperature": 0.8, "seed": i, "ignore_eos": True,
-        })
-        generated.append(reply["usage"]["completion_tokens"])
+    async def stream(i: int) -> int:
+        reply = await engine.chat(
+            [{"role": "user", "content": f"Tell me a long story about dragon number {i}."}],
+            max_tokens=48, temperature=0.8, seed=i, ignore_eos=True,
+        )
+        return reply.usage.completion_tokens
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(slots)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    generation_rate = sum(generated) / (time.perf_counter() - t0)
-    del server
+    generated = sum(await asyncio.gather(*(stream(i) for i in range(slots))))
+    generation_rate = generated / (time.perf_counter() - t0)
+    await engine.aclose()
     return {"prompt_tok_per_s": round(prompt_rate, 1), "generated_tok_per_s": round(generation_rate, 1)}
 
 
@@ -99,7 +84,7 @@ def main() -> None:
     slots = int(engine.get("max_concurrency", 4))
     model = args.model or engine.get("model")
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
-    rates = None if args.no_raw else raw_rates(model, slots)
+    rates = None if args.no_raw else asyncio.run(raw_rates(model, slots))
     if rates:
         print(json.dumps({"raw_engine": rates, "model": model, "slots": slots}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
