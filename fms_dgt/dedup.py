@@ -42,10 +42,15 @@ class NearDuplicateIndex:
     """The kept conversations' signatures; ``find`` one similar to a new conversation, ``add`` it."""
 
     def __init__(self, threshold: float) -> None:
-        # datasketch pulls in scipy (0.5-2.5 s to import here): only runs that use the check pay.
+        self.threshold = threshold
+        self._signatures: dict[str, Any] = {}
+        self._lsh: Any = None  # built on first use (see _load)
+
+    def _load(self) -> None:
+        """datasketch pulls in scipy (0.9 s to import here): imported on first use, not when the
+        run starts, so the runner's prefetch thread can import it while the first requests run."""
         from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-        self.threshold = threshold
         self._lean, self._minhash = LeanMinHash, MinHash
         # crc32: a C function, 4x cheaper per shingle than the default sha1 and as good here (the
         # signatures never leave the process; the permutations do the mixing).
@@ -53,13 +58,14 @@ class NearDuplicateIndex:
         template = MinHash(num_perm=NUM_PERM, hashfunc=self._hash)
         # Building the permutations is most of a MinHash's cost: make them once and share them.
         self._permutations, self._scheme = template.permutations, template.scheme
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-        self._signatures: dict[str, Any] = {}
+        self._lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM)
 
     def __len__(self) -> int:
         return len(self._signatures)
 
     def signature(self, conv: Conversation) -> Any:
+        if self._lsh is None:
+            self._load()
         minhash = self._minhash(
             num_perm=NUM_PERM, hashfunc=self._hash, permutations=self._permutations, scheme=self._scheme
         )

@@ -26,6 +26,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
+from fms_dgt.prefetch import prefetch
 from fms_dgt.conversation import Conversation
 from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
@@ -89,6 +90,9 @@ class Runner:
             priced=any(e.config.price is not None for e in self.pipeline.engines.values()),
             concurrency=lambda: self.executor.capacity, max_attempts=self.options.max_attempts,
         )
+        # Imported while the first requests run: the gate's index needs datasketch, the report matplotlib.
+        prefetch(*(["datasketch"] if self.config.quality.near_duplicate_threshold is not None else []),
+                 "matplotlib.pyplot")
         self.store.open(restart=self.options.restart)
         self.store.write_task(self.config.model_dump(mode="json"))
         self.gate = ConversationGate(self.config.quality, self.stats)  # in the driver only

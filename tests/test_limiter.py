@@ -68,13 +68,29 @@ def test_backs_off_when_latency_climbs_then_grows_additively() -> None:
     for _ in range(4):
         run_window(limit, clock, 0.2)  # 4 -> 64
     assert limit.limit == 64
-    # A server with 32 slots: at 64 in flight requests queue and take twice as long.
+    # A server with 32 slots: at 64 in flight requests queue and take twice as long. In slow
+    # start one such window only holds the limit; the second in a row cuts it.
+    run_window(limit, clock, 0.4)
+    assert limit.slow_start and limit.limit == 64
     run_window(limit, clock, 0.4)
     assert not limit.slow_start
     assert limit.limit == int(64 * 0.5 + 8)  # limit * gradient + sqrt(limit)
     before = limit.limit
     run_window(limit, clock, 0.2)  # no queue any more: additive growth, not doubling
     assert before < limit.limit <= before + 4
+
+
+def test_one_slow_window_does_not_end_slow_start() -> None:
+    """A pause of this process (an import holding the GIL, a garbage collection) slows one
+    window's replies; the server is not queueing, so the limit keeps doubling after it."""
+    clock = Clock()
+    limit = AdaptiveLimit(512, clock=clock)
+    for _ in range(3):
+        run_window(limit, clock, 0.2)  # 4 -> 32
+    run_window(limit, clock, 0.35)
+    assert limit.slow_start and limit.limit == 32
+    run_window(limit, clock, 0.2)
+    assert limit.slow_start and limit.limit == 64
 
 
 def test_429_halves_once_per_window_and_honours_retry_after() -> None:

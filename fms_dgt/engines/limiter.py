@@ -27,8 +27,12 @@ average seen (window averages, not single requests, because LM latencies vary wi
 The estimated queue decides:
 
 - queue <= ``sqrt(limit)`` and the window used at least 90 % of the limit: grow; doubling (slow
-  start, as in TCP) until the first sign of queueing (latency 10 % above no-load) or loss, then
-  ``+ sqrt(limit) / 2`` a window;
+  start, as in TCP) until the first window that shrinks the limit or a loss, then
+  ``+ sqrt(limit) / 2`` a window. Slow start ends only after two windows in a row saw a queue
+  above the headroom, not at the first rise in latency: the latency seen includes this
+  process's own delays (an import in another thread holding the GIL added 90-150 ms to 200 ms
+  calls for one window), and ending slow start at 10 % above no-load or at one such window
+  left a 64-slot server half used for the first 5 s of a run (benchmarks/server_speed.py);
 - queue > ``sqrt(limit)``: ``limit = limit * gradient + sqrt(limit)`` (Gradient2's step, gradient
   clamped at 0.5 so one window at most halves the limit);
 - a 429/503, a timeout or a connection error: halve, at most once per window (requests sent
@@ -53,9 +57,6 @@ INITIAL_LIMIT = 4
 MIN_WINDOW = 8
 # A window must use this share of the limit to count as evidence that more would be served.
 BUSY_SHARE = 0.9
-# Slow start ends when a window's average latency is this much above the no-load one (TCP Vegas
-# leaves slow start at the first queueing, before the estimated queue reaches the headroom).
-SLOW_START_EXIT = 1.1
 # Windows between two baseline probes.
 PROBE_EVERY = 50
 # Limit changes kept for the run summary (older points are thinned, the first and the peak stay).
@@ -127,6 +128,7 @@ class AdaptiveLimit:
         self._value = float(min(max(initial, floor), ceiling))
         self.baseline: float | None = None  # no-load latency: the smallest window average
         self.slow_start = True
+        self._suspect = False  # the last window in slow start looked like queueing
         self._paused_until = 0.0
         self._last_cut = -math.inf  # when the limit was last cut for a loss
         self._windows = 0  # since the last probe
@@ -194,12 +196,13 @@ class AdaptiveLimit:
         gradient = max(0.5, self.baseline / average)
         queue = self._value * (1 - gradient)
         headroom = math.sqrt(self._value)
-        if average > self.baseline * SLOW_START_EXIT:
-            self.slow_start = False
-        if queue > headroom:
-            self.slow_start = False
+        if queue > headroom and self.slow_start and not self._suspect:
+            self._suspect = True  # in slow start, one window is not enough to end it (see above)
+        elif queue > headroom:
+            self.slow_start = self._suspect = False
             self._set(self._value * gradient + headroom)
         elif busy:
+            self._suspect = False
             self._set(self._value * 2 if self.slow_start else self._value + headroom / 2)
         self._windows += 1
         if self._windows >= PROBE_EVERY and not self.slow_start:

@@ -13,7 +13,7 @@ from pydantic import Field
 from fms_dgt import __version__
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ENGINES, Engine
-from fms_dgt.engines.connection_slots import ConnectionSlots
+from fms_dgt.engines.connection_slots import TIMEOUTS, TRANSPORT_ERRORS, ConnectionSlots, Reply
 from fms_dgt.engines.endpoints import Endpoint
 from fms_dgt.engines.request import ChatResult, Message, Request
 from fms_dgt.engines.server import ServerEngine
@@ -35,8 +35,8 @@ class OpenAIConfig(EngineConfig):
     )
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def retry_after_seconds(response: Reply) -> float | None:
+    value = response.header("retry-after")
     if value is None:
         return None
     try:
@@ -45,7 +45,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None  # an HTTP date; the exponential backoff applies instead
 
 
-def status_error(engine: Engine, response: httpx.Response, url: str | None = None) -> EngineError:
+def status_error(engine: Engine, response: Reply, url: str | None = None) -> EngineError:
     """Map an HTTP error status to an EngineError; only 408, 429 and 5xx are worth retrying."""
     status = response.status_code
     detail = response.text.strip().replace("\n", " ")[:300]
@@ -70,38 +70,35 @@ class OpenAIEngine(ServerEngine):
         self._json_mode = "json_schema" if config.json_mode == "auto" else config.json_mode
         # Built once, not per request: URLs, headers and the timeouts httpx reads from each request.
         self._chat_urls = {e.url: httpx.URL(f"{e.url}/chat/completions") for e in self.endpoints.all}
-        self._headers: list[tuple[str, str]] | None = None  # on the first request (see _base_headers)
+        self._headers: list[tuple[bytes, bytes]] | None = None  # on the first request (see _base_headers)
         self._timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)).as_dict()
 
     def environment_variables(self) -> list[str]:
         return [self.config.api_key_env, *super().environment_variables()]
 
-    def _base_headers(self) -> list[tuple[str, str]]:
+    def _base_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers of every request; the key is read when the first request goes out (a Ray worker
-        sets the driver's environment variables after building its engines)."""
-        self._headers = [("Accept", "application/json"), ("User-Agent", f"fms_dgt/{__version__}")]
+        sets the driver's environment variables after building its engines). ``identity``: the
+        replies are short and local; decompressing them would cost more CPU than it saves."""
+        headers = [("Accept", "application/json"), ("Accept-Encoding", "identity"),
+                   ("User-Agent", f"fms_dgt/{__version__}")]
         key = os.environ.get(self.config.api_key_env)
         if key:
-            self._headers.append(("Authorization", f"Bearer {key}"))
+            headers.append(("Authorization", f"Bearer {key}"))
+        self._headers = [(k.encode(), v.encode()) for k, v in headers]
         return self._headers
 
     async def _request(
-        self, endpoint: Endpoint, method: str, url: httpx.URL, body: dict[str, Any] | None = None,
+        self, method: bytes, url: httpx.URL, body: dict[str, Any] | None = None,
         timeout: dict[str, float | None] | None = None,
-    ) -> httpx.Response:
-        """One request on a free connection of ``endpoint``, read to the end (see connection_slots)."""
+    ) -> Reply:
+        """One request on a free connection of the server, read to the end (see connection_slots)."""
         headers = self._headers or self._base_headers()
         content = None
         if body is not None:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            headers = [*headers, ("Content-Type", "application/json")]
-        request = httpx.Request(
-            method, url, headers=headers, content=content, extensions={"timeout": timeout or self._timeout}
-        )
-        async with self._slots.take(endpoint.url) as transport:
-            response = await transport.handle_async_request(request)
-            await response.aread()
-        return response
+            headers = [*headers, (b"Content-Type", b"application/json")]
+        return await self._slots.send(method, url, headers, content, timeout or self._timeout)
 
     def _body(
         self, messages: list[Message], json_schema: dict[str, Any] | None, params: Mapping[str, Any]
@@ -117,14 +114,14 @@ class OpenAIEngine(ServerEngine):
                 body["response_format"] = {"type": "json_object", "schema": json_schema}
         return body
 
-    async def _post(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Response:
+    async def _post(self, endpoint: Endpoint, body: dict[str, Any]) -> Reply:
         try:
-            return await self._request(endpoint, "POST", self._chat_urls[endpoint.url], body)
-        except httpx.TimeoutException:
+            return await self._request(b"POST", self._chat_urls[endpoint.url], body)
+        except TIMEOUTS:
             raise self.error(
                 f"no reply within {self.config.timeout:g} s", retryable=True, url=endpoint.name
             ) from None
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self.error(
                 f"connection error: {type(exc).__name__} {exc}".strip(), retryable=True, url=endpoint.name
             ) from None
@@ -148,7 +145,7 @@ class OpenAIEngine(ServerEngine):
             data = response.json()
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):  # ValueError: bad JSON or UTF-8
             raise self.error(
                 f"malformed response body: {response.text[:120]!r}", retryable=True, url=endpoint.name
             ) from None
@@ -160,9 +157,9 @@ class OpenAIEngine(ServerEngine):
         """Any HTTP answer from ``/models`` proves the server is up; a refused connection does not."""
         try:
             response = await self._request(
-                endpoint, "GET", httpx.URL(f"{endpoint.url}/models"), timeout=httpx.Timeout(10.0).as_dict()
+                b"GET", httpx.URL(f"{endpoint.url}/models"), timeout=httpx.Timeout(10.0).as_dict()
             )
-        except httpx.TransportError as exc:
+        except (*TIMEOUTS, *TRANSPORT_ERRORS) as exc:
             raise self.error(
                 f"server unreachable ({type(exc).__name__}); is it running?", retryable=True, url=endpoint.name
             ) from None

@@ -1,0 +1,32 @@
+"""Slow imports started in a thread at the start of a run, so they are off its critical path.
+
+datasketch (with scipy: 0.9 s here) is first needed when the first conversation is kept, and
+matplotlib (0.75 s) when the report is drawn after the last. Imported where they are used, each
+held up the run for that long: the first requests waited for datasketch, the command's end for
+matplotlib. The first seconds of a run are mostly waits on the engine, so a thread importing them
+then costs the run nothing; the code that needs a module imports it as usual (Python's import
+lock makes it wait for this thread if the import is still going) and reports a missing extra
+itself, so a failure here is ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+__all__ = ["prefetch"]
+
+
+def prefetch(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a daemon thread, in order; return the thread."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - see the module docstring
+                pass
+
+    thread = threading.Thread(target=load, name="fms_dgt-prefetch", daemon=True)
+    thread.start()
+    return thread
