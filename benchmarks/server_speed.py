@@ -44,7 +44,7 @@ MODEL = "sim-model"
 # still needs, as before issue 12): only to measure what the spares save.
 NO_SPARES = (
     "import sys; from fms_dgt.pacing import Pacer; from fms_dgt import cli;"
-    " Pacer.in_flight_cap = lambda self, remaining: remaining;"
+    " Pacer.in_flight_cap = lambda self, remaining, in_flight: remaining;"
     " sys.argv[0] = 'fms_dgt.public'; cli.run()"
 )
 

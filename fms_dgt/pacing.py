@@ -5,8 +5,9 @@ largest one on a server, so an adaptive limit that grows always finds requests w
 and the gate's priority queue (earliest conversation first) keeps the extra conversations from
 slowing the early ones; one per slot on the embedded engine (see ``Pacer.wanted``). The runner wakes up when a limit grows, not only when a conversation ends.
 
-No idle tail: when fewer conversations are still needed than the engines can serve at once (their
-largest current limit), the runner starts spare ones up to that limit. These spares have the
+No idle tail: when a server has idle capacity (request slots under its current limit that no
+request uses or waits for) while fewer conversations are still needed than run, the runner starts
+spare ones on it. These spares have the
 latest attempt numbers, so at the gate they only get capacity no earlier conversation wants. The first to finish are kept; at exactly N the
 rest are cancelled (or, if finished in the same batch, discarded) and counted here as spare,
 with the LM calls and tokens they had used (counted where the conversation ran: with Ray, on the
@@ -63,15 +64,22 @@ class Pacer:
             default=CONVERSATIONS_PER_SLOT * 4,
         )
 
-    def in_flight_cap(self, remaining: int) -> int:
-        """Conversations that may be in flight while ``remaining`` are still needed: no more than
-        that, unless fewer remain than one engine can serve at once; then spares use the idle
-        capacity, but at most half as many as remain (every spare's tokens are paid for: filling
-        a limit of 44 for the last 10 conversations spent 68 % of a run's tokens on spares). The
-        embedded engine's free slots are not idle capacity (they share the CPU): no spares there;
-        one needed conversation with 3 spares beside it took 608 s in a real run."""
-        serving = max((e.gate.limit for e in self.engines.values() if not e.shares_compute), default=0)
-        return max(remaining, min(serving, remaining + -(-remaining // 2)))
+    def in_flight_cap(self, remaining: int, in_flight: int) -> int:
+        """Conversations that may be in flight while ``remaining`` are still needed and
+        ``in_flight`` run: no more than that, unless a server has idle capacity (request slots
+        under its limit with no request in them or waiting for them, once the limit is found);
+        then spares may take it,
+        but at most half as many as remain (every spare's tokens are paid for: filling a limit of
+        44 for the last 10 conversations spent 68 % of a run's tokens on spares). Idle, not merely
+        more than ``remaining``: at N=100 on a 64-slot server the whole run fits under the limit,
+        and spares started from the first second took 24 % of its tokens and made it slower
+        (8.7 s against 7.7 s without; benchmarks/server_speed.py --tail). The embedded engine's
+        free slots are not idle capacity (they share the CPU): no spares there; one needed
+        conversation with 3 spares beside it took 608 s in a real run."""
+        idle = max((e.gate.idle for e in self.engines.values() if not e.shares_compute), default=0)
+        if idle <= 0:
+            return remaining
+        return max(remaining, min(in_flight + idle, remaining + -(-remaining // 2)))
 
     def nominal(self) -> int:
         """Conversations per Ray worker: from pinned limits, or ``RAY_AUTO_GUESS`` for auto ones."""

@@ -140,7 +140,7 @@ class Runner:
         try:
             while self.store.count < target:
                 # Beyond what N still needs, spare conversations use idle capacity (see pacing).
-                cap = self.pacer.in_flight_cap(target - self.store.count)
+                cap = self.pacer.in_flight_cap(target - self.store.count, len(pending))
                 while len(pending) < min(self.executor.capacity, cap):
                     if self.pipeline.conversation_id(attempt) in self.store.ids:  # kept by an earlier run, same seed
                         attempt += 1

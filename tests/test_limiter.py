@@ -44,8 +44,8 @@ def run_window(limit: AdaptiveLimit, clock: Clock, latency: float, busy: bool = 
 
 def test_grows_by_doubling_while_latency_stays_at_its_no_load_level() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
-    assert limit.limit == limiter.INITIAL_LIMIT
+    assert AdaptiveLimit(512, clock=clock).limit == limiter.INITIAL_LIMIT
+    limit = AdaptiveLimit(512, initial=4, clock=clock)  # the window counts below start from 4
     seen = []
     for _ in range(5):
         run_window(limit, clock, 0.2)
@@ -56,15 +56,15 @@ def test_grows_by_doubling_while_latency_stays_at_its_no_load_level() -> None:
 
 def test_does_not_grow_when_the_limit_is_not_used() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
+    limit = AdaptiveLimit(512, initial=4, clock=clock)
     for _ in range(5):
         run_window(limit, clock, 0.2, busy=False)
-    assert limit.limit == limiter.INITIAL_LIMIT
+    assert limit.limit == 4
 
 
 def test_backs_off_when_latency_climbs_then_grows_additively() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
+    limit = AdaptiveLimit(512, initial=4, clock=clock)
     for _ in range(4):
         run_window(limit, clock, 0.2)  # 4 -> 64
     assert limit.limit == 64
@@ -84,7 +84,7 @@ def test_one_slow_window_does_not_end_slow_start() -> None:
     """A pause of this process (an import holding the GIL, a garbage collection) slows one
     window's replies; the server is not queueing, so the limit keeps doubling after it."""
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
+    limit = AdaptiveLimit(512, initial=4, clock=clock)
     for _ in range(3):
         run_window(limit, clock, 0.2)  # 4 -> 32
     run_window(limit, clock, 0.35)
@@ -95,7 +95,7 @@ def test_one_slow_window_does_not_end_slow_start() -> None:
 
 def test_429_halves_once_per_window_and_honours_retry_after() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
+    limit = AdaptiveLimit(512, initial=4, clock=clock)
     for _ in range(3):
         run_window(limit, clock, 0.1)
     assert limit.limit == 32
@@ -141,7 +141,7 @@ def test_ceiling_and_floor() -> None:
 
 def test_probe_window_relearns_a_slower_no_load_latency() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(512, clock=clock)
+    limit = AdaptiveLimit(512, initial=4, clock=clock)
     run_window(limit, clock, 0.1)
     limit.dropped(limit.started(1), retry_after=None)  # leave slow start at 4
     clock.now += 1
@@ -216,7 +216,7 @@ async def test_adaptive_limit_finds_a_queueing_servers_slots() -> None:
         engine = await drive(server, 48, 3.0)
         report = endpoint_limit(engine)
     assert report["mode"] == "auto"
-    assert report["peak"] >= 8  # grew past the initial 4 while the server kept up
+    assert report["peak"] > 8  # grew past its start (8) while the server kept up
     assert server.stats["peak_concurrency"] <= 18  # and never flooded its queue
     assert report["final"] <= 18
 

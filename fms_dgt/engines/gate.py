@@ -62,6 +62,15 @@ class Gate(Generic[Key]):
         return sum(limit.limit for limit in self.limits.values())
 
     @property
+    def idle(self) -> int:
+        """Request slots under the limits that no request uses or waits for; none while a limit
+        is still probing (in slow start it doubles past what the server serves, so its room is
+        not capacity anyone has measured)."""
+        if any(limit.probing for limit in self.limits.values()):
+            return 0
+        return max(0, self.limit - sum(self.in_flight.values()) - self.waiting)
+
+    @property
     def waiting(self) -> int:
         return sum(1 for *_, future in self._waiting if not future.done())
 

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 # Limits start here: small enough not to flood an unknown server, doubling reaches 512 in 7 windows.
-INITIAL_LIMIT = 4
+INITIAL_LIMIT = 8
 # Fewest samples a window averages, so one slow reply does not look like queueing.
 MIN_WINDOW = 8
 # A window must use this share of the limit to count as evidence that more would be served.
@@ -68,6 +68,11 @@ class Limit(Protocol):
 
     @property
     def limit(self) -> int: ...
+
+    @property
+    def probing(self) -> bool:
+        """Still finding the capacity (slow start): the limit says nothing yet about idle room."""
+        ...
 
     def may_start(self, in_flight: int) -> bool: ...
 
@@ -92,6 +97,10 @@ class FixedLimit:
     @property
     def limit(self) -> int:
         return self._limit
+
+    @property
+    def probing(self) -> bool:
+        return False
 
     def may_start(self, in_flight: int) -> bool:
         return in_flight < self._limit
@@ -141,6 +150,10 @@ class AdaptiveLimit:
     @property
     def limit(self) -> int:
         return max(self.floor, int(self._value))
+
+    @property
+    def probing(self) -> bool:
+        return self.slow_start
 
     def _new_window(self) -> None:
         self._window_start = self._clock()
