@@ -295,3 +295,28 @@ async def test_spare_conversations_stop_at_exactly_n(tmp_path: Path) -> None:
     assert spare["tokens"] > 0 and spare["lm_calls"] > 0
     assert summary["conversations_in_flight_peak"] == 8
     assert summary["time_to_first_kept_seconds"] is not None
+
+
+def test_spares_start_only_on_idle_capacity_of_a_limit_already_found() -> None:
+    """Spares beyond what N still needs take request slots nobody uses or waits for, and none
+    while a limit is still in slow start (its room then is not measured capacity)."""
+    from types import SimpleNamespace
+
+    from fms_dgt.pacing import Pacer
+
+    clock = Clock()
+    found = AdaptiveLimit(512, initial=16, clock=clock)
+    found.slow_start = False
+    gate: Gate[str] = Gate({"a": found}, clock=clock)
+    pacer = Pacer({"default": SimpleNamespace(gate=gate, shares_compute=False)})  # type: ignore[dict-item]
+    # 10 still needed, 10 running, 16 slots with no request in them: 5 spares (half of 10).
+    assert pacer.in_flight_cap(10, 10) == 15
+    gate.in_flight["a"] = 14  # 2 slots idle: 2 spares
+    assert pacer.in_flight_cap(10, 10) == 12
+    gate.in_flight["a"] = 16  # none idle: only what is needed
+    assert pacer.in_flight_cap(10, 10) == 10
+    gate.in_flight["a"] = 0
+    found.slow_start = True  # still probing: no spares even with every slot free
+    assert pacer.in_flight_cap(10, 10) == 10
+    engine_on_cpu = SimpleNamespace(gate=Gate({"a": FixedLimit(4)}), shares_compute=True)
+    assert Pacer({"local": engine_on_cpu}).in_flight_cap(1, 1) == 1  # type: ignore[dict-item]

@@ -13,7 +13,7 @@ on it, and gives the slot back. No connection is opened while an idle one exists
 of slots follows the peak of requests in flight (the runner bounds it), whatever limit the engine
 has now. The request goes to the connection itself, not through ``httpx.AsyncHTTPTransport``
 around it: the transport's request and response models, its pool of one and its exception
-mapping cost more CPU than the HTTP exchange (``benchmarks/http_cpu.py``: 1.7-1.9 ms of CPU per
+mapping add about 40 % to the CPU of the exchange (``benchmarks/http_cpu.py``: 1.7 ms of CPU per
 request through the transport, 1.2 ms on the connection, same server, same machine). A server
 behind a proxy (``HTTP(S)_PROXY``) gets httpcore's proxy connection instead, with one connection.
 """
