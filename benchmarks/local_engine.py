@@ -13,6 +13,7 @@
 
     python benchmarks/local_engine.py                          # the README command, N=10
     python benchmarks/local_engine.py -n 3 --model qwen2.5-0.5b  # a tuned run beside it
+    python benchmarks/local_engine.py -n 3 --src ../before        # the same on another commit
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -65,12 +67,22 @@ async def raw_rates(model: str | None, slots: int) -> dict[str, float]:
     return {"prompt_tok_per_s": round(prompt_rate, 1), "generated_tok_per_s": round(generation_rate, 1)}
 
 
-def readme_command(num: int, task: Path, out: Path) -> tuple[list[str], float, int]:
+def readme_command(num: int, task: Path, out: Path, src: Path | None) -> tuple[list[str], float, int, float | None]:
+    """Runs the command (from the checkout ``src`` if given); returns it, its wall time, its exit
+    code and when ``final_data.jsonl`` got its first line (read every second: older code has no
+    ``time_to_first_kept_seconds``)."""
     command = [sys.executable, "-m", "fms_dgt.public", "--task-paths", str(task),
                "--num-outputs-to-generate", str(num), "--restart"]
+    env = {**os.environ, "PYTHONPATH": str(src)} if src else None
+    final = out / "public/examples/chit_chat/final_data.jsonl"
     t0 = time.perf_counter()
-    code = subprocess.run([*command, "--output-dir", str(out)], cwd=REPO).returncode
-    return command, time.perf_counter() - t0, code
+    child = subprocess.Popen([*command, "--output-dir", str(out)], cwd=src or REPO, env=env)
+    first = None
+    while child.poll() is None:
+        time.sleep(1)
+        if first is None and final.exists() and final.stat().st_size > 0:
+            first = time.perf_counter() - t0
+    return command, time.perf_counter() - t0, child.returncode, first
 
 
 def main() -> None:
@@ -78,7 +90,11 @@ def main() -> None:
     parser.add_argument("-n", "--num", type=int, default=10, help="conversations (the README says 10)")
     parser.add_argument("--model", help="run the task on this local model instead (a tuned run)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw rates (no limit model)")
+    parser.add_argument("--src", type=Path, help="run the command from this checkout of another commit"
+                        " (e.g. `git worktree add --detach DIR REV`); implies --no-raw")
     args = parser.parse_args()
+    if args.src:
+        args.no_raw = True
     spec = yaml.safe_load(TASK.read_text())
     engine = spec["engines"]["default"]
     slots = int(engine.get("max_concurrency", 4))
@@ -93,7 +109,9 @@ def main() -> None:
             engine["model"] = args.model
             task = Path(tmp) / "task.yaml"
             task.write_text(yaml.safe_dump(spec, sort_keys=False))
-        command, wall, code = readme_command(args.num, task, Path(tmp) / "out")
+        if args.src and not args.model:
+            task = Path("tasks/public/examples/chit_chat/task.yaml")  # that checkout's own task
+        command, wall, code, first = readme_command(args.num, task, Path(tmp) / "out", args.src)
         summary = json.loads((Path(tmp) / "out/public/examples/chit_chat/run_summary.json").read_text())
     kept = summary["accepted"]
     stats = summary["per_engine"]["default"]
@@ -101,7 +119,9 @@ def main() -> None:
     generated = stats["completion_tokens"]
     record = {
         "command": " ".join(command[1:]), "exit": code, "wall_s": round(wall, 1),
-        "first_kept_s": summary.get("time_to_first_kept_seconds"), "kept": kept, "lm_calls": summary["lm_calls"],
+        "code": str(args.src or REPO),
+        "first_kept_s": summary.get("time_to_first_kept_seconds"), "first_line_s": round(first, 1) if first else None,
+        "kept": kept, "lm_calls": summary["lm_calls"],
         "prompt_tokens_sent": stats["prompt_tokens"], "prompt_tokens_processed": processed,
         "generated_tokens": generated,
         "cache_hit_rate": round(stats["cached_prompt_tokens"] / max(stats["prompt_tokens"], 1), 3),
@@ -113,7 +133,7 @@ def main() -> None:
         "per_stage": {
             name: {"calls": s["calls"], "processed": s["prompt_tokens"] - s["cached_prompt_tokens"],
                    "generated": s["completion_tokens"]}
-            for name, s in summary["per_stage"].items()
+            for name, s in summary.get("per_stage", {}).items()
         },
     }
     if rates:

@@ -16,7 +16,7 @@ in flight, time to the first kept conversation against one conversation's own ch
 conversations started for the tail.
 
     python benchmarks/server_speed.py              # the four configurations of issue 12
-    python benchmarks/server_speed.py --tail       # also N=100 at 64 slots without spares
+    python benchmarks/server_speed.py --tail       # also N=100 at 64 slots without spares, and at 1 s
     python benchmarks/server_speed.py --pinned     # also N=1000 at 64 slots with --concurrency 64
     python benchmarks/server_speed.py --only 0     # one configuration, by index
 """
@@ -66,7 +66,13 @@ CONFIGS = [
     Config("512 slots", 1000, 512),
     Config("8 slots, slows when overloaded", 100, 8, overload="slowdown"),
 ]
-TAIL = Config("64 slots, no spares (comparison)", 100, 64, spares=False)
+# What spares save: at 200 ms a conversation's chain is ~2.5 s and this process is busy; at 1 s
+# per request the tail (the last conversations' chains) is longer and the process mostly waits.
+TAIL = [
+    Config("64 slots, no spares (comparison)", 100, 64, spares=False),
+    Config("64 slots, 1 s per request", 100, 64, latency=1.0),
+    Config("64 slots, 1 s per request, no spares (comparison)", 100, 64, latency=1.0, spares=False),
+]
 PINNED = Config("64 slots, --concurrency 64 (tuned)", 1000, 64, pinned=64)
 
 
@@ -129,12 +135,13 @@ def _children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="+", help="indexes of CONFIGS to run")
-    parser.add_argument("--tail", action="store_true", help="also N=100 at 64 slots without spare conversations")
+    parser.add_argument("--tail", action="store_true",
+                        help="also N=100 at 64 slots without spare conversations, and both at 1 s per request")
     parser.add_argument("--pinned", action="store_true", help="also N=1000 at 64 slots with --concurrency 64")
     args = parser.parse_args()
     configs = [CONFIGS[i] for i in args.only] if args.only else list(CONFIGS)
     if args.tail:
-        configs.append(TAIL)
+        configs.extend(TAIL)
     if args.pinned:
         configs.append(PINNED)
     print(f"# load before: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs", flush=True)
