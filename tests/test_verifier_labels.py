@@ -49,6 +49,8 @@ def items() -> list[dict[str, Any]]:
 def test_the_labelled_set_is_complete() -> None:
     labelled = items()
     print(f"{len(labelled)} labelled drafts: {Counter((i['role'], i['label']) for i in labelled)}")
+    # What the checks of the run that wrote each draft did with it: kept, or rejected for a reason.
+    print(f"by the checks of their day: {Counter((i['source'].split(':')[0], i['label']) for i in labelled)}")
     assert {i["role"] for i in labelled} == {"user", "assistant"}
     assert {i["label"] for i in labelled} == {"good", "bad"}
     assert all(i["why"].strip() and i["draft"].strip() for i in labelled)
