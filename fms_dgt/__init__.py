@@ -33,6 +33,7 @@ _EXPORTS = {
     "arun": "fms_dgt.api",
     "load_task": "fms_dgt.loader",
     "register_engine": "fms_dgt.engines.base",
+    "register_executor": "fms_dgt.executors.base",
     "register_formatter": "fms_dgt.formatters",
     "register_stage": "fms_dgt.stages.base",
     "run": "fms_dgt.api",

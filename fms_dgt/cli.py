@@ -20,29 +20,24 @@ from typing import Any
 from fms_dgt import __version__
 from fms_dgt.engines import ENGINES
 from fms_dgt.errors import ConfigError, DgtError, Problem
-from fms_dgt.executors import RayOptions
+from fms_dgt.executors import EXECUTORS
+from fms_dgt.flag_types import positive as _positive
 from fms_dgt.forecast import MIN_KEPT, describe
 from fms_dgt.guard import LimitOverrides
 from fms_dgt.loader import EngineOverride, find_task_files, load_task
+from fms_dgt.plugins import load_plugins
 from fms_dgt.preview import preview_tasks
 from fms_dgt.runner import RunOptions, RunResult, Runner
 from fms_dgt.validate import validate_tasks
 
 
 class _Parser(argparse.ArgumentParser):
+    # Each executor's own flags (``Executor.add_arguments``), refused with another executor.
+    executor_flags: dict[str, list[argparse.Action]]
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def _number(kind: type, low: float, *, strict: bool = False, high: float | None = None) -> Any:
@@ -63,7 +58,8 @@ def _number(kind: type, low: float, *, strict: bool = False, high: float | None 
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
+    load_plugins()  # their engines and executors are choices too
     parser = _Parser(
         prog="python -m fms_dgt.public",
         description="Generate synthetic multi-turn conversations from a YAML task file.",
@@ -85,18 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (random if not given; recorded)")
     executor = parser.add_argument_group("executor (where conversations run; the output is always written here)")
     executor.add_argument(
-        "--executor", choices=["local", "ray"], default="local",
+        "--executor", choices=EXECUTORS.names(), default="local",
         help="local: in this process; ray: on workers of a Ray cluster (pip install 'fms_dgt[ray]')",
     )
-    executor.add_argument(
-        "--ray-address", metavar="ADDRESS",
-        help="with --executor ray: the cluster to join (host:port of its head node, or auto);"
-        " default: start a local cluster for this run and stop it at the end",
-    )
-    executor.add_argument(
-        "--workers", type=_positive, metavar="K",
-        help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
-    )
+    parser.executor_flags = {name: kind.add_arguments(executor) for name, kind in EXECUTORS.items()}
     engine = parser.add_argument_group("engine override (applies to every engine of the task)")
     engine.add_argument("--engine", choices=ENGINES.names(), help="engine type")
     engine.add_argument("--model", help="model name, catalogue name or GGUF path")
@@ -235,7 +223,7 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     results = []
-    ray = RayOptions(address=args.ray_address, workers=args.workers) if args.executor == "ray" else None
+    executor_options = EXECUTORS.get(args.executor).options_from(args)
     limits = LimitOverrides(
         min_keep_rate=args.min_keep_rate, min_attempts=args.keep_rate_min_attempts, max_tokens=args.max_tokens,
         max_calls=args.max_calls, max_cost=args.max_cost, max_time=args.max_time,
@@ -247,7 +235,8 @@ async def _run_all(args: argparse.Namespace, paths: list[Path], override: Engine
             restart=args.restart,
             seed=args.seed,
             progress=not args.quiet,
-            ray=ray,
+            executor=args.executor,
+            executor_options=executor_options,
             limits=limits,
         )
         if args.estimate:
@@ -332,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.validate and args.preview:
         parser.error("--validate and --preview do not go together")
-    if args.executor != "ray":
-        for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers)):
-            if value is not None:
-                parser.error(f"{flag} needs --executor ray")
+    for name, flags in parser.executor_flags.items():
+        for flag in flags if name != args.executor else ():
+            if getattr(args, flag.dest) is not None:
+                parser.error(f"{flag.option_strings[0]} needs --executor {name}")
     configure_logging(args.debug, args.quiet)
     base_urls = tuple(args.base_url) if args.base_url else None
     override = EngineOverride(

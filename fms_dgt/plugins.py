@@ -1,9 +1,10 @@
-"""Plugins: stages, engines and formatters from other packages, found through an entry point.
+"""Plugins: stages, engines, formatters and executors from other packages, found through an entry point.
 
 A package declares ``[project.entry-points."fms_dgt.plugins"] my_plugin = "my_package.module"``;
 importing that module runs its ``@register_stage(...)`` / ``@register_engine(...)`` /
-``@register_formatter(...)`` decorators, so task files can use them like the built-in ones (Simon
-Willison's ``llm`` finds its plugins the same way). ``FMS_DGT_DISABLE_PLUGINS=1`` skips them.
+``@register_formatter(...)`` / ``@register_executor(...)`` decorators, so task files and
+``--executor`` can use them like the built-in ones (Simon Willison's ``llm`` finds its plugins the
+same way). ``FMS_DGT_DISABLE_PLUGINS=1`` skips them.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from typing import Any
 
 from fms_dgt import __version__
 from fms_dgt.engines import Engine
-from fms_dgt.errors import DgtError, EngineError
-from fms_dgt.executors import RayOptions, make_executor
+from fms_dgt.errors import ConfigError, DgtError, EngineError
+from fms_dgt.executors import EXECUTORS
 from fms_dgt.formatters import FORMATTERS
 from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
@@ -49,7 +49,8 @@ class RunOptions:
     # Conversations in flight per process (with Ray, per worker); None: follow the engines' limits.
     concurrency: int | None = None
     progress: bool = True
-    ray: RayOptions | None = None  # run the conversations on a Ray cluster
+    executor: str = "local"  # where conversations run: a name in the executors' registry
+    executor_options: Any = None  # that executor's options (``RayOptions`` for ray); None: its defaults
     limits: LimitOverrides = field(default_factory=LimitOverrides)  # flags over the task's limits:
     max_attempts: int | None = None  # --estimate: start this many conversations, keep what comes
 
@@ -75,10 +76,16 @@ class Runner:
         self.store = OutputStore(options.output_dir, self.config.task_name, FORMATTERS.get(self.config.formatter.type))
         self.pacer = Pacer(self.pipeline.engines)
         self.pipeline.on_start = self.pacer.enter
+        try:
+            kind = EXECUTORS.get(options.executor)
+        except KeyError as exc:
+            raise ConfigError(str(exc)) from None
         # A fixed number of conversations in flight, or None to follow the engines' current limits
-        # (the Ray driver cannot see its workers' limits: it sends each a fixed number).
-        self.concurrency = options.concurrency or (self.pacer.nominal() if options.ray else None)
-        self.executor = make_executor(self.pipeline, options.ray, lambda: self.concurrency or self.pacer.wanted())
+        # (a driver cannot see the limits of workers elsewhere, e.g. Ray's: it sends each a fixed number).
+        self.concurrency = options.concurrency or (self.pacer.nominal() if kind.remote else None)
+        self.executor = kind.build(
+            self.pipeline, options.executor_options, lambda: self.concurrency or self.pacer.wanted()
+        )
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -237,7 +244,7 @@ class Runner:
             "already_done": before,
             "total": self.store.count,
             "concurrency": self.concurrency,
-            **self.pacer.report(remote=self.options.ray is not None),
+            **self.pacer.report(remote=self.executor.remote),
             "executor": self.executor.describe(),
             "engines": engines,
             **self.stats.as_dict(),

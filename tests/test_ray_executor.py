@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray")
 
 from conftest import CHIT_CHAT, REPO, count_lines, when_lines  # noqa: E402
 from fms_dgt.cli import main  # noqa: E402
-from fms_dgt.executors import RayOptions  # noqa: E402
+from fms_dgt.executors.ray_cluster import RayOptions  # noqa: E402
 from fms_dgt.loader import EngineOverride, load_task  # noqa: E402
 from fms_dgt.pacing import CONVERSATIONS_PER_SLOT, RAY_AUTO_GUESS  # noqa: E402
 from fms_dgt.runner import RunOptions, Runner  # noqa: E402
@@ -144,7 +144,7 @@ async def test_worker_killed_mid_run_loses_nothing(
     urls = tuple(server.url + "/v1" for server in servers)
     task = load_task(CHIT_CHAT, EngineOverride(type="openai", model="sim-model", base_url=urls))
     options = RunOptions(num_outputs=n, output_dir=tmp_path, restart=True, seed=4, concurrency=6,
-                         progress=False, ray=RayOptions(workers=2))
+                         progress=False, executor="ray", executor_options=RayOptions(workers=2))
     runner = Runner(task, options)
     run = asyncio.create_task(runner.run())
     final = tmp_path / OUT / "final_data.jsonl"

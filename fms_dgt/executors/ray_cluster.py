@@ -17,6 +17,7 @@ or when, and no id can be written twice (an attempt is written only once it come
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from fms_dgt import __version__
 from fms_dgt.errors import ConfigError, DgtError
-from fms_dgt.executors.base import Executor
+from fms_dgt.executors.base import Executor, register_executor
+from fms_dgt.flag_types import positive
 
 if TYPE_CHECKING:
     from fms_dgt.pipeline import Counters, Outcome, Pipeline, PipelineFactory
@@ -131,9 +133,12 @@ class _Worker:
     pid: int | None = None
 
 
+@register_executor("ray")
 class RayExecutor(Executor):
     """Workers build pipelines from ``factory``, with ``environment`` set; ``in_flight()``
     conversations run on each; every ``Counters`` they send back goes to ``on_counts``."""
+
+    remote = True
 
     def __init__(
         self,
@@ -160,6 +165,32 @@ class RayExecutor(Executor):
         self._connected = False
         self._actor_class: Any = None
         self.start_seconds = 0.0  # joining or starting the cluster, placing and starting the workers
+
+    @classmethod
+    def build(cls, pipeline: Pipeline, options: RayOptions | None, in_flight: Callable[[], int]) -> RayExecutor:
+        """Ray is imported only here: a clear error if the ``ray`` extra is missing."""
+        return cls(
+            pipeline.factory, options or RayOptions(), in_flight,
+            environment=pipeline.environment(), on_counts=pipeline.add_counts,
+        )
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> list[argparse.Action]:
+        return [
+            group.add_argument(
+                "--ray-address", metavar="ADDRESS",
+                help="with --executor ray: the cluster to join (host:port of its head node, or auto);"
+                " default: start a local cluster for this run and stop it at the end",
+            ),
+            group.add_argument(
+                "--workers", type=positive, metavar="K",
+                help="with --executor ray: worker actors to start, 1 CPU each (default: one per CPU of the cluster)",
+            ),
+        ]
+
+    @classmethod
+    def options_from(cls, args: argparse.Namespace) -> RayOptions:
+        return RayOptions(address=args.ray_address, workers=args.workers)
 
     @property
     def per_worker(self) -> int:
