@@ -18,7 +18,7 @@ from pathlib import Path
 from fms_dgt.config import QualityConfig
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.dedup import NearDuplicateIndex
-from fms_dgt.stages.text import ASSISTANT_RUN, USER_RUN, Words, copies
+from fms_dgt.stages.similarity import ASSISTANT_RUN, USER_RUN, Words, copies
 from fms_dgt.stages.user import _ASSISTANT_OPENER, _ASSISTANT_VOICE  # the user stage's fast filter
 from fms_dgt.stats import RunStats
 

@@ -37,7 +37,7 @@ from fms_dgt.conversation import Conversation
 from fms_dgt.output import FINAL, REPORTS, SUMMARY, TASK_SNAPSHOT
 from fms_dgt.stages.flow_controller import FlowControllerOptions
 from fms_dgt.stages.persona import PersonaOptions
-from fms_dgt.stages.text import words
+from fms_dgt.stages.similarity import words
 from fms_dgt.task import TaskConfig
 
 logger = logging.getLogger(__name__)

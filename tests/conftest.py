@@ -16,7 +16,7 @@ import yaml
 
 from fms_dgt.engines.scripted import RecordedCall
 from fms_dgt.stages.base import Resources
-from fms_dgt.stages.text import with_article
+from fms_dgt.stages.reply_cleanup import with_article
 
 REPO = Path(__file__).resolve().parent.parent
 CHIT_CHAT = REPO / "tasks/public/examples/chit_chat/task.yaml"

@@ -506,7 +506,7 @@ async def test_assistant_reply_that_copies_an_earlier_one_is_rewritten(tmp_path:
     ],
 )
 def test_trim_unfinished(text: str, trimmed: str) -> None:
-    from fms_dgt.stages.text import trim_unfinished
+    from fms_dgt.stages.reply_cleanup import trim_unfinished
 
     assert trim_unfinished(text) == trimmed
 

@@ -25,7 +25,7 @@ from fms_dgt.lm_client import LMClient
 from fms_dgt.loader import load_task
 from fms_dgt.stages.assistant import AssistantStage
 from fms_dgt.stages.base import ConversationContext, Resources
-from fms_dgt.stages.text import clean_reply, first_sentences
+from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences
 from fms_dgt.stages.user import UserStage, without_meta_note
 from fms_dgt.stats import RunStats
 

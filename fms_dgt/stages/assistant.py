@@ -17,7 +17,8 @@ from pydantic import Field
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.engines.base import ChatResult
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
-from fms_dgt.stages.text import ASSISTANT_RUN, Words, clean_reply, copies, shares_run, trim_unfinished, words
+from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
+from fms_dgt.stages.similarity import ASSISTANT_RUN, Words, copies, shares_run, words
 from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 from fms_dgt.templates import render
 

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from fms_dgt.config import LMStageOptions, attribute_name
 from fms_dgt.conversation import AttributeStep, Conversation
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
-from fms_dgt.stages.text import clean_reply, trim_unfinished
+from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
 from fms_dgt.templates import render
 
 SYSTEM = "You write material for synthetic conversations. Reply with the requested text only, without preamble."

@@ -7,7 +7,8 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, ScenarioStep
 from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
-from fms_dgt.stages.text import clean_reply, first_sentences, with_article, words
+from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences, with_article
+from fms_dgt.stages.similarity import words
 
 SYSTEM = (
     "You write short scenarios for simulated chats between a person and an AI assistant. "

@@ -18,7 +18,8 @@ from pydantic import Field
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.engines.base import ChatResult, Message
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
-from fms_dgt.stages.text import USER_RUN, Words, clean_reply, copies, first_sentences, overlap, shares_run, with_article
+from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences, with_article
+from fms_dgt.stages.similarity import USER_RUN, Words, copies, overlap, shares_run
 from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
