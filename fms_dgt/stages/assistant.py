@@ -19,7 +19,8 @@ from fms_dgt.engines.base import ChatResult
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
 from fms_dgt.stages.similarity import ASSISTANT_RUN, Words, copies, shares_run, words
-from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
+from fms_dgt.stages.drafts import DraftProblem
+from fms_dgt.stages.verifier import Question, VerifiedOptions, write_verified
 from fms_dgt.templates import render
 
 SYSTEM = (

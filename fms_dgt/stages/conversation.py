@@ -17,7 +17,8 @@ from pydantic import Field
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.errors import StructuredOutputError
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
+from fms_dgt.stages.base import ConversationContext, LMStage, Rejection, register_stage
+from fms_dgt.stages.drafts import Draft, DraftProblem, draft_until_accepted
 from fms_dgt.templates import render
 
 SYSTEM = "You write realistic conversations between a person and an AI assistant, for training chat models."
@@ -117,28 +118,27 @@ class ConversationStage(LMStage):
         system_message = render(self.options.system_message, conv) if self.options.system_message else None
         messages = self.prompt(conv, num_messages, system_message)
         schema = chat_schema(num_messages)
-        rejected: list[str] = []
-        for attempt in range(1, self.options.max_attempts + 1):
-            try:
+
+        async def write(attempt: int, problem: DraftProblem | None) -> Draft[Any]:
+            try:  # asked again as it was
                 result = await self.chat(
                     ctx, messages, schema=schema, max_tokens=self.tokens_per_message * num_messages
                 )
             except StructuredOutputError:
-                problem, draft = "not_json", ""
-            else:
-                problem, draft = chat_problem(result.parsed, num_messages), result.text
-            if problem is None:
-                break
-            rejected.append(problem)
-            self.resources.stats.rejected_drafts[f"conversation:{problem}"] += 1
-        else:
-            raise DropConversation(f"conversation_{rejected[-1]}", Rejection(self.name, rejected[-1], draft[:300]))
-        metadata = self.provenance(result, attempts=attempt)
-        if rejected:
-            metadata["rejected"] = rejected
+                return Draft(None, "", None, DraftProblem("not_json"))
+            found = chat_problem(result.parsed, num_messages)
+            return Draft(result.parsed, result.text, result, DraftProblem(found) if found else None)
+
+        accepted = await draft_until_accepted(
+            self, write, kind="conversation", max_attempts=self.options.max_attempts,
+            rejection=lambda stage, rejected: Rejection(stage.name, rejected[-1].reason, rejected[-1].text),
+        )
+        metadata = self.provenance(accepted.result, attempts=accepted.attempts)
+        if accepted.rejected:
+            metadata["rejected"] = [r.reason for r in accepted.rejected]
         if system_message:
             conv.steps.append(MessageStep(role="system", content=system_message, stage_name=self.name))
-        for index, message in enumerate(result.parsed["messages"]):
+        for index, message in enumerate(accepted.draft.value["messages"]):
             conv.steps.append(
                 MessageStep(
                     role=message["role"],

@@ -13,7 +13,8 @@ from pydantic import Field, field_validator
 
 from fms_dgt.config import LMStageOptions, attribute_name
 from fms_dgt.conversation import AttributeStep, Conversation
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, register_stage
+from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
+from fms_dgt.stages.drafts import Draft, DraftProblem, draft_until_accepted
 from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
 from fms_dgt.templates import render
 
@@ -43,21 +44,25 @@ class TextStage(LMStage):
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         system = "\n\n".join(p for p in (render(self.options.system_prompt, conv), self.instructions(conv)) if p)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": render(self.options.prompt, conv)}]
-        for attempt in range(1, self.options.max_attempts + 1):
-            result = await self.chat(ctx, messages)
+
+        async def write(attempt: int, problem: DraftProblem | None) -> Draft[str]:
+            result = await self.chat(ctx, messages)  # asked again as it was
             text = clean_reply(result.text)
             if result.finish_reason == "length":
                 text = trim_unfinished(text)
-            if text:
-                conv.attributes[self.options.attribute] = text
-                conv.steps.append(
-                    AttributeStep(
-                        content=text,
-                        attribute=self.options.attribute,
-                        stage_name=self.name,
-                        metadata=self.provenance(result, attempts=attempt),
-                    )
-                )
-                return
-            self.resources.stats.rejected_drafts[f"{self.options.attribute}:empty"] += 1
-        raise DropConversation(f"{self.options.attribute}_empty")
+            return Draft(text, text, result, None if text else DraftProblem("empty"))
+
+        accepted = await draft_until_accepted(
+            self, write, kind=self.options.attribute, max_attempts=self.options.max_attempts,
+            rejection=lambda stage, rejected: None,  # every draft was empty: nothing to show
+        )
+        text = accepted.draft.value
+        conv.attributes[self.options.attribute] = text
+        conv.steps.append(
+            AttributeStep(
+                content=text,
+                attribute=self.options.attribute,
+                stage_name=self.name,
+                metadata=self.provenance(accepted.result, attempts=accepted.attempts),
+            )
+        )

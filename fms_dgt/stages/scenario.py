@@ -6,7 +6,8 @@ from pydantic import Field
 
 from fms_dgt.config import LMStageOptions
 from fms_dgt.conversation import Conversation, ScenarioStep
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection, register_stage
+from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
+from fms_dgt.stages.drafts import Draft, DraftProblem, draft_until_accepted
 from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences, with_article
 from fms_dgt.stages.similarity import words
 
@@ -76,19 +77,17 @@ class ScenarioStage(LMStage):
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         messages = self.prompt(conv, ctx)
-        rejected: list[dict[str, str]] = []
-        for attempt in range(1, self.options.max_attempts + 1):
-            result = await self.chat(ctx, messages)
+
+        async def write(attempt: int, problem: DraftProblem | None) -> Draft[str]:
+            result = await self.chat(ctx, messages)  # asked again as it was
             text = first_sentences(clean_reply(result.text).split("\n")[0], 3)
             reason = self.rejection(text, conv)
-            if reason is None:
-                metadata = self.provenance(result, attempts=attempt)
-                if rejected:
-                    metadata["rejected"] = rejected
-                conv.steps.append(ScenarioStep(content=text, stage_name=self.name, metadata=metadata))
-                return
-            self.resources.stats.rejected_drafts[f"scenario:{reason}"] += 1
-            rejected.append({"reason": reason, "text": text[:300]})
-        raise DropConversation(
-            "scenario_empty", Rejection(self.name, rejected[-1]["reason"], rejected[-1]["text"], tuple(rejected))
+            return Draft(text, text, result, DraftProblem(reason) if reason else None)
+
+        accepted = await draft_until_accepted(
+            self, write, kind="scenario", max_attempts=self.options.max_attempts, drop_reason="scenario_empty"
         )
+        metadata = self.provenance(accepted.result, attempts=accepted.attempts)
+        if accepted.rejected:
+            metadata["rejected"] = accepted.records()
+        conv.steps.append(ScenarioStep(content=accepted.draft.value, stage_name=self.name, metadata=metadata))

@@ -20,7 +20,8 @@ from fms_dgt.engines.base import ChatResult, Message
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences, with_article
 from fms_dgt.stages.similarity import USER_RUN, Words, copies, overlap, shares_run
-from fms_dgt.stages.verifier import Question, DraftProblem, VerifiedOptions, write_verified
+from fms_dgt.stages.drafts import DraftProblem
+from fms_dgt.stages.verifier import Question, VerifiedOptions, write_verified
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
 _ASSISTANT_VOICE = re.compile(

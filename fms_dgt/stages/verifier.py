@@ -1,4 +1,4 @@
-"""The per-turn verifier and the draft / check / rewrite loop that the user and assistant share.
+"""The per-turn verifier, and the user's and assistant's draft / check / verify / rewrite turn.
 
 Phrase checks catch the common slips fast, but every new slip needed a new phrase, and they know
 only English. The verifier asks the model itself, after the phrase checks pass: one short call
@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from fms_dgt.config import ConfigModel, LMStageOptions
 from fms_dgt.engines.base import ChatResult, Message
 from fms_dgt.errors import StructuredOutputError
-from fms_dgt.stages.base import ConversationContext, DropConversation, LMStage, Rejection
+from fms_dgt.stages.base import ConversationContext, LMStage
+from fms_dgt.stages.drafts import Draft, DraftProblem, draft_until_accepted
 
 # A reason is for the rewrite and for people reading the metadata: a few words are enough, and
 # every character is a token decoded on a CPU.
@@ -62,14 +63,6 @@ def verdict_model(verdicts: tuple[str, ...]) -> type[BaseModel]:
         reason=(str, Field(max_length=REASON_CHARS)),
         verdict=(Literal[(OK, *verdicts)], ...),  # type: ignore[valid-type]
     )
-
-
-@dataclass(frozen=True)
-class DraftProblem:
-    """Why a draft was turned down, and what its rewrite is told."""
-
-    reason: str  # a countable label: "copies_user", "verifier_adds_nothing", ...
-    feedback: str  # what the rewrite is told
 
 
 @dataclass(frozen=True)
@@ -129,7 +122,8 @@ async def write_verified(
     rewrite: Callable[[DraftProblem], str],
     temperature: Callable[[int], float | None] = lambda attempt: None,
 ) -> tuple[str, dict[str, Any]]:
-    """Draft, check, verify and rewrite until a draft passes; the text and its step metadata.
+    """Draft, check, verify and rewrite until a draft passes (``drafts.draft_until_accepted``);
+    the text and its step metadata.
 
     A rewrite is the same prompt with ``rewrite``'s note (which carries the reason) appended to
     its last message, so it shares the prompt's prefix in the cache. The rejected draft is not
@@ -140,14 +134,16 @@ async def write_verified(
     options = stage.options
     assert isinstance(options, VerifiedOptions)
     stats = stage.resources.stats
-    prompt = messages
-    rejected: list[dict[str, Any]] = []
     verdicts: list[dict[str, Any]] = []
-    last: DraftProblem | None = None
-    for attempt in range(1, max_attempts + 1):
+
+    async def write(attempt: int, problem: DraftProblem | None) -> Draft[str]:
+        prompt = messages
+        if problem is not None:
+            note = f"{messages[-1]['content']}\n\n{rewrite(problem)}"
+            prompt = [*messages[:-1], {**messages[-1], "content": note}]
         result = await stage.chat(ctx, prompt, temperature=temperature(attempt))
-        text, last = check(clean(result), result)
-        if last is None and question is not None and options.verifier.enabled:
+        text, found = check(clean(result), result)
+        if found is None and question is not None and options.verifier.enabled:
             verdict = await verify(stage, ctx, messages, text, question)
             stats.verdicts[f"{role}:{verdict.verdict}"] += 1
             entry: dict[str, Any] = {"attempt": attempt, "verdict": verdict.verdict, "reason": verdict.reason}
@@ -156,18 +152,13 @@ async def write_verified(
                 entry["completion_tokens"] = verdict.result.usage.completion_tokens
             verdicts.append(entry)
             if verdict.verdict not in (OK, "invalid"):
-                last = DraftProblem(f"verifier_{verdict.verdict}", verdict.reason or verdict.verdict.replace("_", " "))
-        if last is None:
-            metadata = stage.provenance(result, attempts=attempt)
-            if rejected:
-                metadata["rejected"] = rejected
-            if verdicts:
-                metadata["verdicts"] = verdicts
-            return text, metadata
-        stats.rejected_drafts[f"{role}:{last.reason}"] += 1
-        rejected.append({"reason": last.reason, "feedback": last.feedback, "text": text[:300]})
-        prompt = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']}\n\n{rewrite(last)}"}]
-    assert last is not None
-    raise DropConversation(
-        f"{role}_{last.reason}", Rejection(stage.name, last.reason, rejected[-1]["text"], tuple(rejected))
-    )
+                found = DraftProblem(f"verifier_{verdict.verdict}", verdict.reason or verdict.verdict.replace("_", " "))
+        return Draft(text, text, result, found)
+
+    accepted = await draft_until_accepted(stage, write, kind=role, max_attempts=max_attempts)
+    metadata = stage.provenance(accepted.result, attempts=accepted.attempts)
+    if accepted.rejected:
+        metadata["rejected"] = accepted.records()
+    if verdicts:
+        metadata["verdicts"] = verdicts
+    return accepted.draft.value, metadata
