@@ -45,16 +45,16 @@ async def raw_rates(model: str | None, slots: int) -> dict[str, float]:
     loaded as the task loads it, with no pipeline around it."""
     engine = LocalEngine("raw", LocalConfig(type="local", model=model, max_concurrency=slots))
     await engine.check()
-    await engine.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+    await engine.layered_chat([{"role": "user", "content": "hi"}], max_tokens=2)
     t0 = time.perf_counter()
-    reply = await engine.chat(
+    reply = await engine.layered_chat(
         [{"role": "system", "content": FILLER * 16}, {"role": "user", "content": "Any tips?"}],
         max_tokens=1, cache_prompt=False,
     )
     prompt_rate = reply.usage.prompt_tokens / (time.perf_counter() - t0)
 
     async def stream(i: int) -> int:
-        reply = await engine.chat(
+        reply = await engine.layered_chat(
             [{"role": "user", "content": f"Tell me a long story about dragon number {i}."}],
             max_tokens=48, temperature=0.8, seed=i, ignore_eos=True,
         )

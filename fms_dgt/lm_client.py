@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class LMClient:
-    """Routes a stage's call to its named engine and counts what it cost."""
+    """Routes a stage's call to its named engine and counts what it cost (``counted_chat``)."""
 
     def __init__(self, engines: dict[str, Engine], stats: RunStats) -> None:
         self.engines = engines
@@ -28,7 +28,7 @@ class LMClient:
         # Called after every call is counted (the runner's budgets: stop as soon as one is spent).
         self.after_call: Callable[[], None] | None = None
 
-    async def chat(
+    async def counted_chat(
         self,
         engine: str,
         stage: str,
@@ -41,7 +41,7 @@ class LMClient:
         started = time.perf_counter()
         calling = caller.stage.set(stage)
         try:
-            result = await target.chat(messages, schema=schema, **params)
+            result = await target.layered_chat(messages, schema=schema, **params)
         except EngineError as exc:  # what the failed call still spent is on the error
             self._record(stage, engine, exc.calls, exc.usage, time.perf_counter() - started, failed=True)
             raise

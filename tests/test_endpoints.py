@@ -163,7 +163,7 @@ async def chats(engine: OpenAIEngine | OllamaEngine, count: int) -> list[Any]:
 
     async def one() -> Any:
         async with limit:
-            return await engine.chat(MESSAGES)
+            return await engine.layered_chat(MESSAGES)
 
     return await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
 
@@ -188,7 +188,7 @@ async def test_failed_request_is_retried_at_once_on_another_endpoint() -> None:
         engine = two_server_engine(first, second, retry_wait=30)
         engine.endpoints._turn = 0  # type: ignore[union-attr]  # the first attempt goes to `first`
         started = time.monotonic()
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         elapsed = time.monotonic() - started
         await engine.aclose()
     assert elapsed < 2 and result.calls == 2
@@ -226,7 +226,7 @@ async def test_check_skips_an_unreachable_endpoint_and_names_it(caplog: pytest.L
         engine = OpenAIEngine("default", OpenAIConfig(
             type="openai", model="sim-model", base_url=[dead, server.url + "/v1"], retry_wait=30))
         await engine.check()
-        results = [await engine.chat(MESSAGES) for _ in range(3)]
+        results = [await engine.layered_chat(MESSAGES) for _ in range(3)]
         await engine.aclose()
     assert all(r.calls == 1 for r in results)  # nothing was sent to the resting endpoint
     assert any(dead in r.message and "server unreachable" in r.message for r in caplog.records)

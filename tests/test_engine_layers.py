@@ -163,6 +163,6 @@ async def test_the_run_counts_what_a_failed_call_spent() -> None:
     stats = RunStats()
     messages = [{"role": "user", "content": "x" * 40}]  # 10 prompt tokens
     with pytest.raises(StructuredOutputError):
-        await LMClient({"default": engine}, stats).chat("default", "judge", messages, schema=Answer)
+        await LMClient({"default": engine}, stats).counted_chat("default", "judge", messages, schema=Answer)
     judge = stats.per_stage["judge"]
     assert (judge.calls, judge.failed, judge.prompt_tokens, judge.completion_tokens) == (3, 1, 30, 24)

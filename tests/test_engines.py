@@ -72,7 +72,7 @@ def closed_port() -> int:
 async def test_openai_plain_chat_text_finish_reason_usage() -> None:
     async with LMServer() as server:
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply #1 to: Tell me about the sea.")
     assert result.finish_reason == "stop"
@@ -89,7 +89,7 @@ async def test_openai_plain_chat_text_finish_reason_usage() -> None:
 async def test_openai_max_tokens_reaches_body_and_truncates() -> None:
     async with LMServer() as server:
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, max_tokens=7)
+        result = await engine.layered_chat(MESSAGES, max_tokens=7)
         await engine.aclose()
     assert chat_bodies(server)[0]["max_tokens"] == 7
     assert result.finish_reason == "length"
@@ -99,8 +99,8 @@ async def test_openai_max_tokens_reaches_body_and_truncates() -> None:
 async def test_openai_engine_defaults_and_per_call_override() -> None:
     async with LMServer() as server:
         engine = openai_engine(server, temperature=0.3, top_p=0.9, seed=11, stop=["END"])
-        await engine.chat(MESSAGES)
-        await engine.chat(MESSAGES, temperature=1.1, max_tokens=5, seed=None)
+        await engine.layered_chat(MESSAGES)
+        await engine.layered_chat(MESSAGES, temperature=1.1, max_tokens=5, seed=None)
         await engine.aclose()
     first, second = chat_bodies(server)
     assert first["temperature"] == 0.3
@@ -120,7 +120,7 @@ async def test_openai_engine_defaults_and_per_call_override() -> None:
 async def test_openai_structured_output_json_schema() -> None:
     async with LMServer() as server:
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     (body,) = chat_bodies(server)
     assert body["response_format"] == {
@@ -136,7 +136,7 @@ async def test_openai_structured_dict_schema_returns_data() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 3}}}
     async with LMServer() as server:
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, schema=schema)
+        result = await engine.layered_chat(MESSAGES, schema=schema)
         await engine.aclose()
     assert chat_bodies(server)[0]["response_format"]["json_schema"]["schema"] == schema
     assert result.parsed == {"n": 3}
@@ -146,7 +146,7 @@ async def test_openai_invalid_structured_reply_is_asked_again() -> None:
     async with LMServer() as server:
         server.replies.extend(["Sure! Here is the JSON you asked for.", '{"title": "Tides", "score": 4}'])
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert len(chat_bodies(server)) == 2
     assert result.parsed == Answer(title="Tides", score=4)
@@ -159,7 +159,7 @@ async def test_openai_fenced_json_reply_is_accepted() -> None:
     async with LMServer() as server:
         server.replies.append('```json\n{"title": "Waves", "score": 2}\n```')
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert result.parsed == Answer(title="Waves", score=2)
     assert len(chat_bodies(server)) == 1
@@ -169,7 +169,7 @@ async def test_openai_always_invalid_structured_reply_raises() -> None:
     async with LMServer(reply=lambda body: '{"title": "x", "score": 9}') as server:
         engine = openai_engine(server, structured_retries=2)
         with pytest.raises(StructuredOutputError) as info:
-            await engine.chat(MESSAGES, schema=Answer)
+            await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert len(chat_bodies(server)) == 3  # 1 + structured_retries
     message = str(info.value)
@@ -190,9 +190,9 @@ async def test_openai_json_schema_rejected_falls_back_to_json_object() -> None:
             Fault(status=400, body='{"error":{"message":"response_format json_schema not supported"}}')
         )
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         # The engine remembers: the next structured call goes straight to json_object.
-        await engine.chat(MESSAGES, schema=Answer)
+        await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     first, second, third = chat_bodies(server)
     assert first["response_format"]["type"] == "json_schema"
@@ -209,7 +209,7 @@ async def test_openai_fallback_rejected_too_raises_after_two_requests() -> None:
         server.faults.extend([rejected, rejected])
         engine = openai_engine(server)
         with pytest.raises(EngineError, match="http 400: .*response_format"):
-            await engine.chat(MESSAGES, schema=Answer)
+            await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     first, second = chat_bodies(server)
     assert first["response_format"]["type"] == "json_schema"
@@ -223,7 +223,7 @@ async def test_openai_json_schema_mode_does_not_fall_back() -> None:
         )
         engine = openai_engine(server, json_mode="json_schema")
         with pytest.raises(EngineError, match="http 400"):
-            await engine.chat(MESSAGES, schema=Answer)
+            await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert len(chat_bodies(server)) == 1
 
@@ -231,7 +231,7 @@ async def test_openai_json_schema_mode_does_not_fall_back() -> None:
 async def test_openai_json_object_mode_from_config() -> None:
     async with LMServer() as server:
         engine = openai_engine(server, json_mode="json_object")
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert chat_bodies(server)[0]["response_format"]["type"] == "json_object"
     assert isinstance(result.parsed, Answer)
@@ -244,7 +244,7 @@ async def test_openai_500_then_success_is_retried() -> None:
     async with LMServer() as server:
         server.faults.append(Fault(status=500))
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
     assert result.calls == 2
@@ -257,7 +257,7 @@ async def test_openai_429_honours_retry_after() -> None:
         server.faults.append(Fault(status=429, retry_after=0.3))
         engine = openai_engine(server, retry_wait=0.001)
         started = time.monotonic()
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         elapsed = time.monotonic() - started
         await engine.aclose()
     assert elapsed >= 0.3
@@ -271,7 +271,7 @@ async def test_openai_400_is_not_retried_and_names_engine_model_url() -> None:
         server.faults.append(Fault(status=400, body='{"error":{"message":"bad request"}}'))
         engine = openai_engine(server)
         with pytest.raises(EngineError) as info:
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert len(chat_bodies(server)) == 1
     error = info.value
@@ -291,7 +291,7 @@ async def test_openai_400_with_schema_but_unrelated_message_is_not_a_fallback() 
         server.faults.append(Fault(status=400, body='{"error":{"message":"context length exceeded"}}'))
         engine = openai_engine(server)
         with pytest.raises(EngineError, match="context length exceeded"):
-            await engine.chat(MESSAGES, schema=Answer)
+            await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     (body,) = chat_bodies(server)
     assert body["response_format"]["type"] == "json_schema"
@@ -302,7 +302,7 @@ async def test_openai_timeout_is_retried() -> None:
         server.faults.append(Fault(status=200, delay=1.0))
         engine = openai_engine(server, timeout=0.25)
         started = time.monotonic()
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         elapsed = time.monotonic() - started
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
@@ -316,7 +316,7 @@ async def test_openai_gives_up_after_max_retries() -> None:
         server.faults.extend(Fault(status=503) for _ in range(10))
         engine = openai_engine(server, max_retries=3)
         with pytest.raises(EngineError) as info:
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert "gave up after 4 attempts" in str(info.value)
     assert "http 503" in str(info.value)
@@ -330,7 +330,7 @@ async def test_openai_max_retries_zero_single_attempt_still_says_gave_up() -> No
         server.faults.append(Fault(status=503))
         engine = openai_engine(server, max_retries=0)
         with pytest.raises(EngineError, match="gave up after 1 attempt"):
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert len(chat_bodies(server)) == 1
 
@@ -339,7 +339,7 @@ async def test_openai_connection_reset_is_retried() -> None:
     async with LMServer() as server:
         server.faults.append(Fault(status=0))
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
     assert result.calls == 2
@@ -352,7 +352,7 @@ async def test_openai_malformed_200_body_is_retried() -> None:
         server.faults.append(Fault(status=200, body='{"choices": [{"message": '))
         server.faults.append(Fault(status=200, body='{"object": "chat.completion"}'))
         engine = openai_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
     assert result.calls == 3
@@ -389,7 +389,7 @@ async def test_openai_chat_unreachable_server_gives_up() -> None:
         OpenAIConfig(type="openai", model="sim-model", base_url=url, retry_wait=0.001, max_retries=2),
     )
     with pytest.raises(EngineError) as info:
-        await engine.chat(MESSAGES)
+        await engine.layered_chat(MESSAGES)
     await engine.aclose()
     assert "gave up after 3 attempts: connection error" in str(info.value)
     assert url in str(info.value)
@@ -399,14 +399,14 @@ async def test_openai_api_key_sent_and_never_in_errors(monkeypatch: pytest.Monke
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     async with LMServer() as server:
         engine = openai_engine(server)
-        await engine.chat(MESSAGES)
+        await engine.layered_chat(MESSAGES)
         assert server.requests[-1]["headers"]["authorization"] == f"Bearer {SECRET}"
         server.faults.append(Fault(status=401, body='{"error":{"message":"invalid api key"}}'))
         with pytest.raises(EngineError) as unauthorized:
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         server.faults.append(Fault(status=400, body='{"error":{"message":"bad request"}}'))
         with pytest.raises(EngineError) as bad:
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         assert server.requests[-1]["headers"]["authorization"] == f"Bearer {SECRET}"
         await engine.aclose()
     for error in (unauthorized.value, bad.value):
@@ -439,7 +439,7 @@ async def test_openai_no_api_key_no_authorization_header(monkeypatch: pytest.Mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     async with LMServer() as server:
         engine = openai_engine(server)
-        await engine.chat(MESSAGES)
+        await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert "authorization" not in server.requests[-1]["headers"]
 
@@ -450,7 +450,7 @@ async def test_openai_no_api_key_no_authorization_header(monkeypatch: pytest.Mon
 async def test_ollama_plain_chat_text_usage_and_options() -> None:
     async with LMServer() as server:
         engine = ollama_engine(server, num_ctx=2048, temperature=0.4)
-        result = await engine.chat(MESSAGES, seed=42, top_p=0.8, stop=["###"])
+        result = await engine.layered_chat(MESSAGES, seed=42, top_p=0.8, stop=["###"])
         await engine.aclose()
     assert result.text.startswith("Simulated reply #1 to: Tell me about the sea.")
     assert result.finish_reason == "stop"
@@ -468,7 +468,7 @@ async def test_ollama_plain_chat_text_usage_and_options() -> None:
 async def test_ollama_max_tokens_becomes_num_predict() -> None:
     async with LMServer() as server:
         engine = ollama_engine(server)
-        result = await engine.chat(MESSAGES, max_tokens=7, temperature=0.0)
+        result = await engine.layered_chat(MESSAGES, max_tokens=7, temperature=0.0)
         await engine.aclose()
     options = chat_bodies(server)[0]["options"]
     assert options["num_predict"] == 7
@@ -482,7 +482,7 @@ async def test_ollama_max_tokens_becomes_num_predict() -> None:
 async def test_ollama_structured_output_format_is_schema() -> None:
     async with LMServer() as server:
         engine = ollama_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert chat_bodies(server)[0]["format"] == Answer.model_json_schema()
     assert isinstance(result.parsed, Answer)
@@ -492,7 +492,7 @@ async def test_ollama_invalid_structured_reply_is_asked_again() -> None:
     async with LMServer() as server:
         server.replies.extend(["not json at all", '{"title": "Tides", "score": 1}'])
         engine = ollama_engine(server)
-        result = await engine.chat(MESSAGES, schema=Answer)
+        result = await engine.layered_chat(MESSAGES, schema=Answer)
         await engine.aclose()
     assert result.parsed == Answer(title="Tides", score=1)
     assert len(chat_bodies(server)) == 2
@@ -502,7 +502,7 @@ async def test_ollama_503_is_retried() -> None:
     async with LMServer() as server:
         server.faults.append(Fault(status=503))
         engine = ollama_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
     assert result.calls == 2
@@ -515,7 +515,7 @@ async def test_ollama_404_is_not_retried() -> None:
         server.faults.append(Fault(status=404, body='{"error":"model \\"nope\\" not found, try pulling it first"}'))
         engine = ollama_engine(server)
         with pytest.raises(EngineError) as info:
-            await engine.chat(MESSAGES)
+            await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert len(chat_bodies(server)) == 1
     assert "http 404" in str(info.value)
@@ -528,7 +528,7 @@ async def test_ollama_connection_reset_and_malformed_body_are_retried() -> None:
         server.faults.append(Fault(status=0))
         server.faults.append(Fault(status=200, body='{"message": {"role": '))
         engine = ollama_engine(server)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.text.startswith("Simulated reply")
     assert result.calls == 3
@@ -539,7 +539,7 @@ async def test_ollama_timeout_is_retried() -> None:
     async with LMServer() as server:
         server.faults.append(Fault(status=200, delay=1.0))
         engine = ollama_engine(server, timeout=0.25)
-        result = await engine.chat(MESSAGES)
+        result = await engine.layered_chat(MESSAGES)
         await engine.aclose()
     assert result.calls == 2
     assert engine.retry_reasons == {"timeout": 1}
@@ -753,11 +753,11 @@ async def test_local_engine_smollm2_chat_and_structured(
         await engine.check()
         assert engine.model_path is not None and engine.model_path.endswith(".gguf")
         assert engine.describe()["model"] == "smollm2-135m"
-        plain = await engine.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
+        plain = await engine.layered_chat([{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
         assert plain.text.strip()
         assert 0 < plain.usage.completion_tokens <= 8
         assert plain.usage.prompt_tokens > 0
-        structured = await engine.chat(
+        structured = await engine.layered_chat(
             [{"role": "user", "content": "Give a topic for a chat about the sea, as JSON."}],
             schema=Topic,
             max_tokens=40,
@@ -777,7 +777,7 @@ async def test_openai_keeps_one_connection_per_request_in_flight() -> None:
     async with LMServer(latency=0.05) as server:
         engine = openai_engine(server, max_concurrency=20)  # pinned: an adaptive limit would start lower
         for _ in range(3):
-            results = await asyncio.gather(*(engine.chat([{"role": "user", "content": "hi"}]) for _ in range(20)))
+            results = await asyncio.gather(*(engine.layered_chat([{"role": "user", "content": "hi"}]) for _ in range(20)))
             assert all(r.text for r in results)
             assert len(engine._slots) == 20
             assert len(server._writers) == 20  # connections the server holds open

@@ -193,7 +193,7 @@ async def drive(server: LMServer, callers: int, seconds: float, **config: Any) -
 
     async def caller() -> None:
         while loop.time() < end:
-            await engine.chat([{"role": "user", "content": "hi"}])
+            await engine.layered_chat([{"role": "user", "content": "hi"}])
 
     try:
         await asyncio.gather(*(caller() for _ in range(callers)))
@@ -255,7 +255,7 @@ async def test_the_slowdown_server_slows_every_request_past_its_slots() -> None:
                                                max_concurrency=8))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await asyncio.gather(*(engine.chat([{"role": "user", "content": "x"}]) for _ in range(8)))
+        await asyncio.gather(*(engine.layered_chat([{"role": "user", "content": "x"}]) for _ in range(8)))
         wall = loop.time() - t0
         await engine.aclose()
     assert server.stats["peak_active"] == 8  # all at once, no queue

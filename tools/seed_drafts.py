@@ -48,10 +48,10 @@ async def run(task_path: Path, k: int) -> None:
         closing = isinstance(fc, FlowControllerStep) and fc.terminate
         ctx = ConversationContext(rng=random.Random(f"{seed.conversation_id}:{upto}:{n}"), max_turns=4, last_turn=closing)
         if role == "user":
-            result = await user.chat(ctx, user.prompt(conv, ctx), temperature=0.8 + 0.15 * n)
+            result = await user.chat_with_settings(ctx, user.prompt(conv, ctx), temperature=0.8 + 0.15 * n)
             text = first_sentences(without_meta_note(clean_reply(result.text)), user.options.max_sentences)
         else:
-            result = await assistant.chat(ctx, assistant.prompt(conv))
+            result = await assistant.chat_with_settings(ctx, assistant.prompt(conv))
             text = clean_reply(result.text)
         return {
             "id": f"{seed.conversation_id}-{upto}-{role}-{n}",

@@ -1,4 +1,4 @@
-"""The engine contract: one async ``chat`` call, with the layers that make it dependable around it.
+"""The engine contract: ``layered_chat``, the backend's ``send`` inside the layers that make it dependable.
 
 An engine type implements one method, ``send``: one typed ``Request`` to one place, one typed
 ``ChatResult`` back (``InProcessEngine`` here; ``ServerEngine`` in ``engines.server`` also gets
@@ -12,7 +12,7 @@ knowing only the ``Send`` shape of the next (outermost first):
 - ``endpoints.EndpointRoute`` (servers only): the balancer's view of each endpoint;
 - ``timeout.Deadline``: no reply within ``timeout`` is a retryable failure.
 
-What remains here is the engine's face to the runner: ``chat``, its counters and its report.
+What remains here is the engine's face to the runner: ``layered_chat``, its counters and its report.
 """
 
 from __future__ import annotations
@@ -184,10 +184,10 @@ class Engine(ABC):
         """An ``EngineError`` (or ``kind``) naming this engine, its model and ``url`` (default all of them)."""
         return kind(cause, engine=self.name, model=self.config.model, url=url or self.url, **kwargs)
 
-    async def chat(
+    async def layered_chat(
         self, messages: list[Message], *, schema: Schema | None = None, **params: Any
     ) -> ChatResult:
-        """Send one chat request and return its reply.
+        """Send one chat request through the layers above and return its reply.
 
         ``params`` are decoding parameters (temperature, top_p, max_tokens, seed, stop) that
         override the engine's defaults for this call. With ``schema`` (a pydantic model class or

@@ -59,6 +59,6 @@ class ChatResult:
     calls: int = 1
 
 
-# One step of the way from the engine's ``chat`` to the server: a backend's bound ``send``, or a
+# One step of the way from the engine's ``layered_chat`` to the server: a backend's bound ``send``, or a
 # layer around one. Failures raise ``EngineError`` (``retryable`` when worth another attempt).
 Send = Callable[[Request], Awaitable[ChatResult]]

@@ -94,14 +94,19 @@ class Stage(ABC):
 
 
 class LMStage(Stage):
-    """A stage that calls an LM engine named in its options."""
+    """A stage that calls an LM engine named in its options.
+
+    A call goes through three layers, each named for what it adds: ``chat_with_settings`` here
+    (the stage's decoding settings, a seed from the conversation, the engine and label),
+    ``LMClient.counted_chat`` (the engine by name; the call counted and priced under its stage)
+    and ``Engine.layered_chat`` (the engine's re-asks, retries, breaker, limits and timeout)."""
 
     options: LMStageOptions
     # Per-stage defaults, overridable in the task file.
     default_max_tokens: ClassVar[int] = 256
     default_temperature: ClassVar[float | None] = None
 
-    async def chat(
+    async def chat_with_settings(
         self,
         ctx: ConversationContext,
         messages: list[Message],
@@ -111,8 +116,9 @@ class LMStage(Stage):
         max_tokens: int | None = None,
         **params: Any,
     ) -> ChatResult:
-        """One call on the stage's engine. The task's ``max_tokens`` for the stage wins over the
-        caller's, which wins over the stage's default."""
+        """One call on the stage's engine with the stage's settings: the task's ``max_tokens`` and
+        ``temperature`` for the stage win over the caller's, which win over the stage's defaults.
+        Then ``call`` (the seed, the engine, the label the call is counted under)."""
         temperature = temperature if temperature is not None else self.options.temperature
         if temperature is None:
             temperature = self.default_temperature
@@ -143,7 +149,7 @@ class LMStage(Stage):
         # unless the engine config pins one seed for every call.
         if self.resources.lm.engines[engine].config.seed is None:
             params.setdefault("seed", ctx.rng.randrange(2**31))
-        return await self.resources.lm.chat(engine, label or self.name, messages, schema=schema, **params)
+        return await self.resources.lm.counted_chat(engine, label or self.name, messages, schema=schema, **params)
 
     def instructions(self, conv: Conversation) -> str:
         """The task's extra ``instructions`` for this stage, rendered for ``conv`` ('' if none)."""

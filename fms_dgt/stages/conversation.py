@@ -121,7 +121,7 @@ class ConversationStage(LMStage):
 
         async def write(attempt: int, problem: DraftProblem | None) -> Draft[Any]:
             try:  # asked again as it was
-                result = await self.chat(
+                result = await self.chat_with_settings(
                     ctx, messages, schema=schema, max_tokens=self.tokens_per_message * num_messages
                 )
             except StructuredOutputError:

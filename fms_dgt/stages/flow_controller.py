@@ -225,7 +225,7 @@ class FlowControllerStage(LMStage):
         )
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
-            result = await self.chat(ctx, messages, schema=eligibility_model(names))
+            result = await self.chat_with_settings(ctx, messages, schema=eligibility_model(names))
         except StructuredOutputError:
             return list(names), "", "invalid_eligibility_json"
         reply = result.parsed
@@ -245,7 +245,7 @@ class FlowControllerStage(LMStage):
         )
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
-            result = await self.chat(ctx, messages, schema=moves_model(names))
+            result = await self.chat_with_settings(ctx, messages, schema=moves_model(names))
         except StructuredOutputError:
             return list(names), "", {}, "invalid_eligibility_json"
         reply = result.parsed
@@ -279,7 +279,7 @@ class FlowControllerStage(LMStage):
         )
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
         try:
-            result = await self.chat(ctx, messages, schema=Focus, temperature=0.7)
+            result = await self.chat_with_settings(ctx, messages, schema=Focus, temperature=0.7)
         except StructuredOutputError:
             return template, "invalid_focus_json", None
         return focused_hint(template, result.parsed.focus)

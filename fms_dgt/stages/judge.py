@@ -116,7 +116,7 @@ class JudgeStage(LMStage):
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         try:
-            result = await self.chat(ctx, self.prompt(conv), schema=self.model)
+            result = await self.chat_with_settings(ctx, self.prompt(conv), schema=self.model)
         except StructuredOutputError:
             raise DropConversation("judge_invalid_json") from None
         scores = {

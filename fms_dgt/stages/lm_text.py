@@ -46,7 +46,7 @@ class TextStage(LMStage):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": render(self.options.prompt, conv)}]
 
         async def write(attempt: int, problem: DraftProblem | None) -> Draft[str]:
-            result = await self.chat(ctx, messages)  # asked again as it was
+            result = await self.chat_with_settings(ctx, messages)  # asked again as it was
             text = clean_reply(result.text)
             if result.finish_reason == "length":
                 text = trim_unfinished(text)

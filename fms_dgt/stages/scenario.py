@@ -79,7 +79,7 @@ class ScenarioStage(LMStage):
         messages = self.prompt(conv, ctx)
 
         async def write(attempt: int, problem: DraftProblem | None) -> Draft[str]:
-            result = await self.chat(ctx, messages)  # asked again as it was
+            result = await self.chat_with_settings(ctx, messages)  # asked again as it was
             text = first_sentences(clean_reply(result.text).split("\n")[0], 3)
             reason = self.rejection(text, conv)
             return Draft(text, text, result, DraftProblem(reason) if reason else None)

@@ -141,7 +141,7 @@ async def write_verified(
         if problem is not None:
             note = f"{messages[-1]['content']}\n\n{rewrite(problem)}"
             prompt = [*messages[:-1], {**messages[-1], "content": note}]
-        result = await stage.chat(ctx, prompt, temperature=temperature(attempt))
+        result = await stage.chat_with_settings(ctx, prompt, temperature=temperature(attempt))
         text, found = check(clean(result), result)
         if found is None and question is not None and options.verifier.enabled:
             verdict = await verify(stage, ctx, messages, text, question)

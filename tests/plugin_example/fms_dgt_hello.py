@@ -60,7 +60,7 @@ class ExchangeStage(LMStage):
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
         user = f"{self.options.opener} {ctx.turn + 1}"
         conv.steps.append(MessageStep(role="user", content=user, stage_name=self.name))
-        result = await self.chat(ctx, [{"role": "user", "content": user}])
+        result = await self.chat_with_settings(ctx, [{"role": "user", "content": user}])
         conv.steps.append(
             MessageStep(role="assistant", content=result.text, stage_name=self.name, metadata=self.provenance(result))
         )
