@@ -43,9 +43,9 @@ def hopeless() -> None:
     from fms_dgt.testing.lm_server import LMServer, PlausibleReplies
 
     class OffPersona(PlausibleReplies):
-        def __call__(self, body: dict[str, Any]) -> str:
-            text = super().__call__(body)
-            if "Begin with '" in str(body["messages"][-1]["content"]):
+        def __call__(self, body: dict[str, Any], stage: str | None = None) -> str:
+            text = super().__call__(body, stage)
+            if stage == "lm/scenario":  # the X-FMS-DGT-Stage header
                 return f"Someone wants to chat about an everyday topic they care about ({len(text)})."
             return text
 

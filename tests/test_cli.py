@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,8 @@ def test_chit_chat_end_to_end_over_http(tmp_path: Path, engine: str) -> None:
         )
         assert code == 0
         bodies = [r["body"] for r in server.requests if r["path"] == path]
+        stages = Counter(r["headers"].get("x-fms-dgt-stage") for r in server.requests if r["path"] == path)
+        checks = [r for r in server.requests if r["path"] != path]
     out = tmp_path / "public/examples/chit_chat"
     final = [json.loads(line) for line in (out / "final_data.jsonl").read_text().splitlines()]
     formatted = [json.loads(line) for line in (out / "formatted_output.jsonl").read_text().splitlines()]
@@ -145,6 +148,12 @@ def test_chit_chat_end_to_end_over_http(tmp_path: Path, engine: str) -> None:
     cancelled = summary["engines"]["default"]["requests_cancelled"]
     assert summary["engines"]["default"]["type"] == engine
     assert summary["lm_calls"] <= len(bodies) <= summary["lm_calls"] + cancelled
+    # every chat request named its stage in the X-FMS-DGT-Stage header; the engine's check, none
+    assert set(stages) == set(summary["per_stage"]) == {"lm/scenario", "lm/flow_controller", "lm/user/guided",
+                                                         "lm/assistant/naive"}
+    for stage, info in summary["per_stage"].items():
+        assert info["calls"] <= stages[stage] <= info["calls"] + cancelled
+    assert checks and not any("x-fms-dgt-stage" in r["headers"] for r in checks)
 
 
 def test_module_entry_points_run() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
+from fms_dgt import caller
 from fms_dgt.engines import local_models
 from fms_dgt.engines.local_models import LocalModel
 from fms_dgt.engines.ollama import OllamaConfig, OllamaEngine
@@ -64,6 +65,29 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ---- The calling stage, named in a header ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+async def test_each_request_names_the_calling_stage_in_a_header(kind: str) -> None:
+    """``X-FMS-DGT-Stage``: for server logs, and for fakes that answer by stage (a name that is not
+    ASCII is percent-encoded; the simulated server decodes it)."""
+    async with LMServer(reply=lambda body, stage: f"written for {stage}") as server:
+        engine = openai_engine(server) if kind == "openai" else ollama_engine(server)
+        await engine.check()
+        texts = [(await engine.layered_chat(MESSAGES)).text]  # outside a stage
+        for name in ("lm/user/guided", "my/stagé"):
+            token = caller.stage.set(name)
+            try:
+                texts.append((await engine.layered_chat(MESSAGES)).text)
+            finally:
+                caller.stage.reset(token)
+        await engine.aclose()
+    assert texts == ["written for None", "written for lm/user/guided", "written for my/stagé"]
+    headers = [r["headers"].get("x-fms-dgt-stage") for r in server.requests]
+    assert headers == [None, None, "lm/user/guided", "my/stag%C3%A9"]  # the check, then the three chats
 
 
 # ---- OpenAI: plain chat and parameters -------------------------------------------------------
@@ -166,7 +190,7 @@ async def test_openai_fenced_json_reply_is_accepted() -> None:
 
 
 async def test_openai_always_invalid_structured_reply_raises() -> None:
-    async with LMServer(reply=lambda body: '{"title": "x", "score": 9}') as server:
+    async with LMServer(reply=lambda body, stage: '{"title": "x", "score": 9}') as server:
         engine = openai_engine(server, structured_retries=2)
         with pytest.raises(StructuredOutputError) as info:
             await engine.layered_chat(MESSAGES, schema=Answer)

@@ -41,11 +41,11 @@ class OffPersonaScenarios(ChitChatResponder):
 
 
 class OffPersonaServer(PlausibleReplies):
-    """``PlausibleReplies``, except that scenarios never name the persona's role."""
+    """``PlausibleReplies``, except that scenarios (by the stage header) never name the persona's role."""
 
-    def __call__(self, body: dict[str, Any]) -> str:
-        text = super().__call__(body)
-        if "Begin with '" in str(body["messages"][-1]["content"]):
+    def __call__(self, body: dict[str, Any], stage: str | None = None) -> str:
+        text = super().__call__(body, stage)
+        if stage == "lm/scenario":
             return "Someone wants to chat about an everyday topic they care about."
         return text
 

@@ -17,7 +17,7 @@ import ollama
 import pytest
 from pydantic import BaseModel, Field
 
-from fms_dgt.testing.lm_server import Fault, LMServer, instance_for_schema
+from fms_dgt.testing.lm_server import Fault, LMServer, PlausibleReplies, instance_for_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about the sea."}]
@@ -140,7 +140,7 @@ async def test_ollama_client_chat_format_and_num_predict():
 
 
 def test_scripted_replies_then_callable():
-    with LMServer(reply=lambda body: "cb:" + body["messages"][-1]["content"]) as server, \
+    with LMServer(reply=lambda body, stage: "cb:" + body["messages"][-1]["content"]) as server, \
             httpx.Client(base_url=server.url) as client:
         server.replies.extend(["first", "second"])
         texts = [chat(client).json()["choices"][0]["message"]["content"] for _ in range(3)]
@@ -225,3 +225,14 @@ def test_subprocess_mode():
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
+
+
+def test_plausible_replies_answer_by_stage_not_by_prompt_wording() -> None:
+    """The scenario stage's reply names the persona's role the prompt shows, however it is worded;
+    no other stage's does."""
+    replies = PlausibleReplies()
+    persona = {"messages": [{"role": "user", "content": "Anything at all.\n\nRole: astronomer.\nGoals: see Mars."}]}
+    assert replies(persona, "lm/scenario").startswith("An astronomer wants to chat about the ")
+    assert replies(persona, "lm/user/guided").startswith("Reply 1 mentions the ")
+    assert replies(persona, None).startswith("Reply 2 mentions the ")
+    assert replies({"messages": [{"role": "user", "content": "No persona."}]}, "lm/scenario").startswith("Reply 3 ")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import Field
 
+from fms_dgt import caller
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ENGINES
 from fms_dgt.engines.endpoints import Endpoint
@@ -27,6 +28,13 @@ class OllamaConfig(EngineConfig):
     keep_alive: str | float | None = Field(None, description="How long the server keeps the model loaded.")
 
 
+async def name_stage(request: httpx.Request) -> None:
+    """Add the calling stage's name to a request (``caller.HEADER``: for server logs and the
+    simulated server); the ollama client takes its headers once, but runs httpx's request hooks."""
+    for key, value in caller.headers():
+        request.headers[key] = value
+
+
 @ENGINES.register("ollama")
 class OllamaEngine(ServerEngine):
     Config = OllamaConfig
@@ -35,7 +43,8 @@ class OllamaEngine(ServerEngine):
     default_url = DEFAULT_HOST
 
     def __init__(self, name: str, config: OllamaConfig, **client_kwargs: Any) -> None:
-        """``client_kwargs`` go to the underlying ``httpx.AsyncClient`` (e.g. ``transport=`` in tests)."""
+        """``client_kwargs`` go to the underlying ``httpx.AsyncClient`` (e.g. ``transport=`` in tests;
+        ``event_hooks`` there replace the one that sends the stage's name)."""
         super().__init__(name, config)
         self._client_kwargs = client_kwargs
         self._clients: dict[str, ollama.AsyncClient] = {}  # one per host: the client is bound to it
@@ -49,7 +58,8 @@ class OllamaEngine(ServerEngine):
         client = self._clients.get(endpoint.url)
         if client is None:
             client = self._clients[endpoint.url] = self._ollama.AsyncClient(
-                host=endpoint.url, timeout=self.config.timeout, **self._client_kwargs
+                host=endpoint.url, timeout=self.config.timeout,
+                **{"event_hooks": {"request": [name_stage]}, **self._client_kwargs},
             )
         return client
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from fms_dgt import __version__
+from fms_dgt import __version__, caller
 from fms_dgt.config import EngineConfig
 from fms_dgt.engines.base import ENGINES, Engine
 from fms_dgt.engines.connection_slots import TIMEOUTS, TRANSPORT_ERRORS, ConnectionSlots, Reply
@@ -97,7 +97,8 @@ class OpenAIEngine(ServerEngine):
         content = None
         if body is not None:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            headers = [*headers, (b"Content-Type", b"application/json")]
+            # The calling stage's name too (``caller.HEADER``: for server logs and the simulated server).
+            headers = [*headers, (b"Content-Type", b"application/json"), *caller.headers()]
         return await self._slots.send(method, url, headers, content, timeout or self._timeout)
 
     def _body(

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import random
+import re
 import signal
 import sys
 import threading
@@ -32,6 +33,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
+
+from fms_dgt.caller import HEADER
 
 __all__ = ["Fault", "LMServer", "instance_for_schema"]
 
@@ -45,6 +49,10 @@ _WORDS = (
     " velvet tunnel falcon basket cotton ladder pillow saddle anchor bamboo cactus dolphin"
     " feather hammock jacket kettle lemon magnet noodle oyster parrot quilt rocket sunflower"
 ).split()
+# Header names arrive lower-cased.
+STAGE_HEADER = HEADER.lower()
+# The sampled persona's role, as the persona stage renders it into prompts ("Role: nurse.").
+_PERSONA_ROLE = re.compile(r"^Role: (.+)\.$", re.MULTILINE)
 FORMATS = {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "time": "12:00:00",
            "email": "user@example.com", "uri": "https://example.com/",
            "uuid": "00000000-0000-4000-8000-000000000000"}
@@ -193,18 +201,21 @@ def _pad(text: str, target: int, number: int) -> str:
 
 
 class PlausibleReplies:
-    """A ``reply`` callable for conversation pipelines: every plain-text reply is distinct, and a
-    request asking for text that begins with a given phrase ("Begin with 'A nurse'") gets it.
+    """A ``reply`` callable for conversation pipelines: every plain-text reply is distinct, and the
+    scenario stage's (``lm/scenario``, by the stage header) begins with the sampled persona's
+    role ("A nurse wants to chat about ..."), found in the persona the prompt shows.
 
     With it, a chit-chat run against the simulated server keeps its conversations instead of
     dropping them as repetitive, so benchmarks and end-to-end tests measure the real code path.
     """
 
+    SCENARIO = "lm/scenario"
+
     def __init__(self, words: int = 14) -> None:
         self.words = words
         self._count = itertools.count()
 
-    def __call__(self, body: dict[str, Any]) -> str:
+    def __call__(self, body: dict[str, Any], stage: str | None = None) -> str:
         number = next(self._count)
         path = "/api/chat" if "format" in body or "options" in body else "/v1/chat/completions"
         schema = _requested_schema(path, body)
@@ -212,16 +223,29 @@ class PlausibleReplies:
             return json.dumps(instance_for_schema(schema, number)) if schema else "{}"
         rng = random.Random(number)
         chosen = " ".join(rng.sample(_WORDS, self.words))
-        messages = body.get("messages") or []
-        last = _text_of(messages[-1].get("content")) if messages else ""
-        if "Begin with '" in last:
-            start = last.split("Begin with '", 1)[1].split("'", 1)[0]
-            return f"{start} wants to chat about the {chosen}."
+        role = self.persona_role(body) if stage == self.SCENARIO else None
+        if role is not None:
+            subject = f"{'an' if role[:1].lower() in 'aeiou' else 'a'} {role}"  # as the scenario asks
+            return f"{subject[0].upper()}{subject[1:]} wants to chat about the {chosen}."
         return f"Reply {number} mentions the {chosen}."
+
+    @staticmethod
+    def persona_role(body: dict[str, Any]) -> str | None:
+        """The role of the persona a prompt shows, or None if it shows none."""
+        for message in body.get("messages") or []:
+            found = _PERSONA_ROLE.search(_text_of(message.get("content")) if isinstance(message, dict) else "")
+            if found:
+                return found.group(1)
+        return None
 
 
 class LMServer:
-    """Simulated LM server; ``with LMServer() as s`` (own loop in a thread) or ``async with``."""
+    """Simulated LM server; ``with LMServer() as s`` (own loop in a thread) or ``async with``.
+
+    ``reply(body, stage)``, if given, writes the text of every chat reply from the request's JSON
+    body and the calling stage's name, which fms_dgt's engines send in the ``X-FMS-DGT-Stage``
+    header (None without one): a fake that answers by stage keeps working when a prompt is reworded.
+    """
 
     def __init__(
         self,
@@ -229,7 +253,7 @@ class LMServer:
         latency: float = 0.0,
         latency_per_token: float = 0.0,
         slots: int = 64,
-        reply: Callable[[dict], str] | None = None,
+        reply: Callable[[dict, str | None], str] | None = None,
         completion_tokens: int = 20,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -372,7 +396,8 @@ class LMServer:
         if route in (("POST", "/v1/chat/completions"), ("POST", "/api/chat")):
             if not isinstance(body, dict):
                 return await self._send(writer, 400, self._error(path, 400, "body must be a JSON object"), keep)
-            return await self._chat(writer, path, body, keep)
+            stage = headers.get(STAGE_HEADER)
+            return await self._chat(writer, path, body, keep, unquote(stage) if stage is not None else None)
         names = self.models or ["granite4:3b"]
         if route == ("GET", "/api/tags"):
             return await self._send(writer, 200, {"models": [
@@ -417,7 +442,8 @@ class LMServer:
 
     # ---- chat ------------------------------------------------------------------------------
 
-    async def _chat(self, writer: asyncio.StreamWriter, path: str, body: dict[str, Any], keep: bool) -> bool:
+    async def _chat(self, writer: asyncio.StreamWriter, path: str, body: dict[str, Any], keep: bool,
+                    stage: str | None) -> bool:
         self._counter += 1
         number = self._counter
         stats = self._stats
@@ -433,12 +459,12 @@ class LMServer:
                 error = self._error(path, 429, "rate limit exceeded")
                 return await self._send(writer, 429, error, keep, retry_after=wait)
             if self.overload == "slowdown":
-                return await self._slowed(writer, path, body, number, keep)
+                return await self._slowed(writer, path, body, number, keep, stage)
             async with self._slots:
                 self._active += 1
                 stats["peak_active"] = max(stats["peak_active"], self._active)
                 try:
-                    payload = self._answer(path, body, number)
+                    payload = self._answer(path, body, number, stage)
                     delay = self.latency + self.latency_per_token * payload.pop("_tokens")
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -463,13 +489,13 @@ class LMServer:
         return round((1 - self._bucket) / self.rate_limit, 3)
 
     async def _slowed(self, writer: asyncio.StreamWriter, path: str, body: dict[str, Any], number: int,
-                      keep: bool) -> bool:
+                      keep: bool, stage: str | None) -> bool:
         """Continuous batching: start at once; advance at min(1, slots / running) of full speed."""
         stats = self._stats
         self._active += 1
         stats["peak_active"] = max(stats["peak_active"], self._active)
         try:
-            payload = self._answer(path, body, number)
+            payload = self._answer(path, body, number, stage)
             work = self.latency + self.latency_per_token * payload.pop("_tokens")
             # Re-read the load every step of a tenth of the full-speed latency (at least 5 ms).
             step = max(work / 10, 0.005)
@@ -494,7 +520,7 @@ class LMServer:
         payload = fault.body if fault.body is not None else self._error(path, fault.status, "injected fault")
         return await self._send(writer, fault.status, payload, keep, retry_after=fault.retry_after)
 
-    def _answer(self, path: str, body: dict[str, Any], number: int) -> dict[str, Any]:
+    def _answer(self, path: str, body: dict[str, Any], number: int, stage: str | None) -> dict[str, Any]:
         """The response document for a chat request (plus ``_tokens`` for the latency model)."""
         messages = body.get("messages") or []
         texts = [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
@@ -502,7 +528,7 @@ class LMServer:
         if self.replies:
             text = self.replies.popleft()
         elif self.reply is not None:
-            text = self.reply(body)
+            text = self.reply(body, stage)
         elif schema is not None:
             text = json.dumps(instance_for_schema(schema, number)) if schema else "{}"
         else:
