@@ -233,7 +233,7 @@ def build_report(folder: Path) -> dict[str, Any]:
     for name, seen in sorted(values.items()):
         config = configured.get(name, {})
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
-        if config.get("sampler") in ("sample/uniform", "sample/gaussian") or (numeric and not config):
+        if "settings" in config or (numeric and not config):  # a numeric sampler's (``options.numeric()``)
             attributes[name] = {"kind": "numeric", **(_stats([float(v) for v in seen]) or {}), **config}
         elif config or not any(isinstance(v, _Text) for v in seen):
             observed = _shares(Counter(str(v) for v in seen))

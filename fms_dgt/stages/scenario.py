@@ -58,13 +58,9 @@ class ScenarioStage(LMStage):
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
     @staticmethod
-    def acceptable(text: str, conv: Conversation) -> bool:
-        """Long enough, not a dialogue, and about the sampled persona (names its role)."""
-        return ScenarioStage.rejection(text, conv) is None
-
-    @staticmethod
     def rejection(text: str, conv: Conversation) -> str | None:
-        """Why ``text`` is not a usable scenario, or None if it is."""
+        """Why ``text`` is not a usable scenario (too short, a dialogue, not about the sampled
+        persona: it must name its role), or None if it is."""
         if len(text) < 20:
             return "too_short"
         if '"' in text or ":" in text[:40]:
