@@ -21,7 +21,7 @@ PACKAGE = "fms_dgt"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["fms_dgt", "fms_dgt.errors", "fms_dgt.registry", "fms_dgt.plugins", "fms_dgt.conversation",
                      "fms_dgt.stats", "fms_dgt.spend", "fms_dgt.caller", "fms_dgt.templates", "fms_dgt.datafiles",
-                     "fms_dgt.config", "fms_dgt.usage", "fms_dgt.flag_types"]),
+                     "fms_dgt.config", "fms_dgt.usage", "fms_dgt.flag_types", "fms_dgt.prefetch"]),
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
     ("conversation", ["fms_dgt.pipeline"]),
