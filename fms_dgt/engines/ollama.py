@@ -32,7 +32,7 @@ async def name_stage(request: httpx.Request) -> None:
     """Add the calling stage's name to a request (``caller.HEADER``: for server logs and the
     simulated server); the ollama client takes its headers once, but runs httpx's request hooks."""
     for key, value in caller.headers():
-        request.headers[key] = value
+        request.headers[key.decode()] = value.decode()
 
 
 @ENGINES.register("ollama")
