@@ -4,9 +4,11 @@ datasketch (with scipy: 0.9 s here) is first needed when the first conversation 
 matplotlib (0.75 s) when the report is drawn after the last. Imported where they are used, each
 held up the run for that long: the first requests waited for datasketch, the command's end for
 matplotlib. The first seconds of a run are mostly waits on the engine, so a thread importing them
-then costs the run nothing; the code that needs a module imports it as usual (Python's import
-lock makes it wait for this thread if the import is still going) and reports a missing extra
-itself, so a failure here is ignored.
+then costs the run nothing. The code that needs a module calls ``settle()`` first and then
+imports it as usual: Python's import lock would make an ``import`` wait for this thread, but
+not code that reads ``sys.modules`` directly (``matplotlib.use`` finds a half-imported
+``matplotlib.pyplot`` there and fails), so it waits for the thread to finish. It reports a
+missing extra itself, so a failure here is ignored.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import importlib
 import threading
 
-__all__ = ["prefetch"]
+__all__ = ["prefetch", "settle"]
+
+_threads: list[threading.Thread] = []
 
 
 def prefetch(*modules: str) -> threading.Thread:
@@ -29,4 +33,11 @@ def prefetch(*modules: str) -> threading.Thread:
 
     thread = threading.Thread(target=load, name="fms_dgt-prefetch", daemon=True)
     thread.start()
+    _threads.append(thread)
     return thread
+
+
+def settle() -> None:
+    """Wait until every prefetch started in this process has finished."""
+    while _threads:
+        _threads.pop().join()

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from fms_dgt.conversation import Conversation
 from fms_dgt.output import FINAL, REPORTS, SUMMARY, TASK_SNAPSHOT
+from fms_dgt.prefetch import settle
 from fms_dgt.stages.flow_controller import FlowControllerOptions
 from fms_dgt.stages.persona import PersonaOptions
 from fms_dgt.stages.similarity import words
@@ -497,6 +498,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> bool:
     """Bar charts of the main distributions; False when matplotlib is not installed."""
+    settle()  # the runner may be importing matplotlib in a thread (fms_dgt.prefetch)
     try:
         import matplotlib
 

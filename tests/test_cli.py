@@ -195,6 +195,24 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path: Path) -> None:
     assert [json.loads(line)["conversation_id"] for line in formatted] == ids
 
 
+def test_a_short_run_in_a_fresh_process_writes_its_report(tmp_path: Path) -> None:
+    """A run shorter than the runner's prefetch of matplotlib (fms_dgt.prefetch) still draws the
+    report: ``matplotlib.use`` reads ``sys.modules`` and failed on a half-imported pyplot."""
+    pytest.importorskip("matplotlib")
+    with LMServer(reply=PlausibleReplies()) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "fms_dgt.public", "--task-paths", str(CHIT_CHAT), "--num-outputs-to-generate", "2",
+             "--restart", "--output-dir", str(tmp_path), "--engine", "openai", "--model", "sim-model",
+             "--base-url", server.url + "/v1", "--quiet"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "could not write the report" not in done.stderr
+    folder = tmp_path / "public/examples/chit_chat"
+    assert json.loads((folder / "report.json").read_text())["conversations"] == 2
+    assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def _catalogue(tmp_path: Path) -> dict[str, tuple[Any, str]]:
     """Bad inputs: (task dict or raw YAML, text the error must contain)."""
     def with_stage(index: int, **changes: Any) -> dict[str, Any]:
