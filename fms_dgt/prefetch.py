@@ -13,10 +13,11 @@ missing extra itself, so a failure here is ignored.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import threading
 
-__all__ = ["prefetch", "settle"]
+__all__ = ["prefetch", "settle", "settled"]
 
 _threads: list[threading.Thread] = []
 
@@ -38,6 +39,14 @@ def prefetch(*modules: str) -> threading.Thread:
 
 
 def settle() -> None:
-    """Wait until every prefetch started in this process has finished."""
+    """Wait until every prefetch started in this process has finished (blocks the thread)."""
     while _threads:
         _threads.pop().join()
+
+
+async def settled() -> None:
+    """``settle`` without stopping the event loop: requests in flight meanwhile are still served.
+    Blocking it instead (a join in the loop) stalled every request for as long as the imports
+    took, which under load was longer than a short ``timeout``: all of them timed out at once."""
+    if _threads:
+        await asyncio.to_thread(settle)

@@ -26,7 +26,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
-from fms_dgt.prefetch import prefetch
+from fms_dgt.prefetch import prefetch, settled
 from fms_dgt.conversation import Conversation
 from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
@@ -187,6 +187,7 @@ class Runner:
                         continue
                     consecutive_failures = 0
                     conv = outcome.conv
+                    await settled()  # the gate's index needs datasketch: wait for it off the loop
                     reason = self.gate.rejects(conv)  # conversation-level checks, near-duplicates
                     if reason is not None:
                         self.store.append_dropped(dropped_record(outcome, reason, conv))

@@ -27,3 +27,32 @@ def test_settle_waits_until_a_prefetched_module_is_complete(tmp_path: Path, monk
     finally:
         settle()
         sys.modules.pop("fms_dgt_slow_module", None)
+
+
+async def test_settled_waits_without_stopping_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner awaits the prefetch before its gate needs datasketch; requests in flight then
+    must still be served (a join in the loop made every one of them time out at once)."""
+    import asyncio
+
+    from fms_dgt.prefetch import settled
+
+    (tmp_path / "fms_dgt_slow_module2.py").write_text("import time\ntime.sleep(0.5)\nVALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.create_task(ticker())
+    try:
+        prefetch("fms_dgt_slow_module2")
+        await settled()
+        assert sys.modules["fms_dgt_slow_module2"].VALUE == 2
+        assert ticks >= 10  # the loop kept running for most of the half second
+    finally:
+        beat.cancel()
+        settle()
+        sys.modules.pop("fms_dgt_slow_module2", None)
