@@ -82,7 +82,7 @@ async def test_verifier_precision_and_recall_on_the_labelled_set() -> None:
     config = load_task(CHIT_CHAT).config
     stats = RunStats()
     engine = ENGINES.get("local")("default", config.engines["default"])  # type: ignore[call-arg]
-    res = Resources(task=config, lm=LMClient({"default": engine}, stats), stats=stats)
+    res = Resources(lm=LMClient({"default": engine}, stats), stats=stats)
     stages = {s.name: s for s in config.all_stages()}
     user = UserStage(stages["lm/user/guided"], res)
     user.setup()
