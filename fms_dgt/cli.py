@@ -360,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Process entry point. After an interruption, exit at once: the output is already closed
-    and synced, and an embedded-model request still running in a worker thread cannot be
+    """Process entry point. It exits at once, without the interpreter's teardown: by now the
+    output is closed and synced and the logs are flushed. The teardown only costs time (0.4 s
+    at the end of a 1000-conversation run with matplotlib and datasketch loaded), and after an
+    interruption an embedded-model request still running in a worker thread cannot be
     cancelled, only abandoned."""
     code = main()
-    if code in (130, 143):
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -50,7 +50,7 @@ class NearDuplicateIndex:
     def _load(self) -> None:
         """datasketch pulls in scipy (0.9 s to import here): imported on first use, not when the
         run starts, so the runner's prefetch thread can import it while the first requests run."""
-        settle()  # see fms_dgt.prefetch
+        settle("datasketch")  # see fms_dgt.prefetch
         from datasketch import LeanMinHash, MinHash, MinHashLSH
 
         self._lean, self._minhash = LeanMinHash, MinHash

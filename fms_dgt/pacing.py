@@ -81,6 +81,11 @@ class Pacer:
             return remaining
         return max(remaining, min(in_flight + idle, remaining + -(-remaining // 2)))
 
+    @property
+    def limits_found(self) -> bool:
+        """No engine's limit is still probing (an adaptive one in slow start)."""
+        return not any(limit.probing for e in self.engines.values() for limit in e.gate.limits.values())
+
     def nominal(self) -> int:
         """Conversations per Ray worker: from pinned limits, or ``RAY_AUTO_GUESS`` for auto ones."""
         def per_engine(engine: Engine) -> int:

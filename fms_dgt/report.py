@@ -498,7 +498,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> bool:
     """Bar charts of the main distributions; False when matplotlib is not installed."""
-    settle()  # the runner may be importing matplotlib in a thread (fms_dgt.prefetch)
+    settle("matplotlib.pyplot")  # the runner may be importing it in a thread (fms_dgt.prefetch)
     try:
         import matplotlib
 
@@ -520,7 +520,12 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         panels.append((f"judge: {name}", {k: v / n for k, v in judge["histogram"].items()}, None))
     columns = 2
     rows = (len(panels) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(12, 3.2 * rows), squeeze=False)
+    # Fixed margins in inches (room for the title above and the rotated labels below each
+    # panel) instead of tight_layout, which measured every label: half the plot's time.
+    height = 3.2 * rows
+    figure, axes = plt.subplots(rows, columns, figsize=(12, height), squeeze=False)
+    figure.subplots_adjust(left=0.05, right=0.99, top=1 - 0.3 / height, bottom=0.75 / height,
+                           wspace=0.15, hspace=1.05 / (3.2 - 1.05))
     for axis, (title, observed, expected) in zip(axes.flat, panels):
         keys = list(dict.fromkeys([*(expected or {}), *observed]))
         xs = range(len(keys))
@@ -533,7 +538,6 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         axis.set_ylabel("share", fontsize=7)
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
-    figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return True

@@ -26,7 +26,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
-from fms_dgt.prefetch import prefetch, settled
+from fms_dgt.prefetch import prefetch, prefetched, settled
 from fms_dgt.conversation import Conversation
 from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # Stop instead of burning through calls when conversations keep failing on the engine.
 MAX_CONSECUTIVE_ENGINE_FAILURES = 10
+# What the report draws with (prefetched during the run).
+PLOTTING = "matplotlib.pyplot"
 
 
 @dataclass
@@ -97,9 +99,10 @@ class Runner:
             priced=any(e.config.price is not None for e in self.pipeline.engines.values()),
             concurrency=lambda: self.executor.capacity, max_attempts=self.options.max_attempts,
         )
-        # Imported while the first requests run: the gate's index needs datasketch, the report matplotlib.
-        prefetch(*(["datasketch"] if self.config.quality.near_duplicate_threshold is not None else []),
-                 "matplotlib.pyplot")
+        # Imported while the run waits on its engines (fms_dgt.prefetch): the gate's index needs
+        # datasketch from the first kept conversation, the report matplotlib after the last.
+        if self.config.quality.near_duplicate_threshold is not None:
+            prefetch("datasketch")
         self.store.open(restart=self.options.restart)
         self.store.write_task(self.config.model_dump(mode="json"))
         self.gate = ConversationGate(self.config.quality, self.stats)  # in the driver only
@@ -161,6 +164,8 @@ class Runner:
                     self.stats.attempts += 1
                 if not pending:  # the guard started nothing more
                     break
+                if not prefetched(PLOTTING) and (self.pacer.limits_found or self.executor.remote):
+                    prefetch(PLOTTING)  # not while a limit ramps up: see fms_dgt.prefetch
                 # Woken too when a budget is spent, or when an engine's limit grows.
                 done, pending = await self.guard.wait(pending, self.pacer.waker())
                 for finished in sorted(done, key=self.pacer.attempt):
@@ -187,7 +192,7 @@ class Runner:
                         continue
                     consecutive_failures = 0
                     conv = outcome.conv
-                    await settled()  # the gate's index needs datasketch: wait for it off the loop
+                    await settled("datasketch")  # the gate's index needs it: wait off the loop
                     reason = self.gate.rejects(conv)  # conversation-level checks, near-duplicates
                     if reason is not None:
                         self.store.append_dropped(dropped_record(outcome, reason, conv))

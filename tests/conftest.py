@@ -154,18 +154,23 @@ def count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def when_lines(path: Path, lines: int, action: Any, timeout: float = 60.0) -> threading.Thread:
-    """Run ``action()`` on a helper thread once ``path`` holds ``lines`` complete lines (to break
-    something mid-run: stop a server, kill a worker). Join the returned thread to wait for it."""
+def when_true(condition: Any, action: Any, timeout: float = 60.0) -> threading.Thread:
+    """Run ``action()`` on a helper thread once ``condition()`` holds (to break something
+    mid-run: stop a server, kill a worker). Join the returned thread to wait for it."""
 
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if count_lines(path) >= lines:
+            if condition():
                 action()
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def when_lines(path: Path, lines: int, action: Any, timeout: float = 60.0) -> threading.Thread:
+    """``when_true`` once ``path`` holds ``lines`` complete lines."""
+    return when_true(lambda: count_lines(path) >= lines, action, timeout)

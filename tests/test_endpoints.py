@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import CHIT_CHAT, REPO, task_dict, when_lines, write_task
+from conftest import CHIT_CHAT, REPO, task_dict, when_true, write_task
 from fms_dgt.cli import main
 from fms_dgt.engines.endpoints import COOL_DOWN, Endpoints, display_url
 from fms_dgt.engines.ollama import OllamaConfig, OllamaEngine
@@ -258,7 +258,10 @@ def test_cli_with_two_endpoints_one_stopped_mid_run(tmp_path: Path, capsys: pyte
     n = 30
     final = tmp_path / OUT / "final_data.jsonl"
     with LMServer(latency=0.01, reply=PlausibleReplies()) as keep, LMServer(latency=0.01, reply=PlausibleReplies()) as stop:
-        watcher = when_lines(final, 5, stop.stop)
+        # Stopped after a quarter of its share of the calls (about 12 a conversation, half of them
+        # here), not after some lines are kept: the first kept conversation waits for datasketch's
+        # import, and by the time 5 lines were there every call could be done.
+        watcher = when_true(lambda: stop.stats["chat_requests"] >= n * 12 // 8, stop.stop)
         code = main([
             "--task-paths", str(CHIT_CHAT), "--num-outputs-to-generate", str(n), "--restart",
             "--output-dir", str(tmp_path), "--engine", "openai", "--model", "sim-model",
