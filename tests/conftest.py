@@ -124,7 +124,7 @@ class ChitChatResponder:
                 return {"reasoning": "these fit", "eligible_patterns": chosen}
             return {"focus": "the brown spots on the leaves"}
         if stage is not None and stage.endswith("/verifier"):
-            return {"reason": "reads well", "verdict": "ok"}
+            return {"writer": "human" if stage.startswith("lm/user") else "assistant"}
         if stage == "lm/scenario":
             return f"{self.scenario_subject(messages)} wants to chat about saving some tomato plants from blight."
         if stage == "lm/user/guided":

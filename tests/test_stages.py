@@ -24,7 +24,9 @@ from fms_dgt.stages.user import UserStage, rejection, without_greeting, without_
 from fms_dgt.stats import RunStats
 
 # The verifier's answer to a draft that passes (it follows each draft the phrase checks accept).
-OK = {"reason": "fine", "verdict": "ok"}
+# The verifier's passing answers: a user's draft reads as the human's, an assistant's as the assistant's.
+USER_OK = {"writer": "human"}
+ASSISTANT_OK = {"writer": "assistant"}
 PERSONA = Persona(role="retired teacher", expertise="beginner", domain="gardening", goals=["grow tomatoes"])
 SCENARIO = "A retired teacher wants to save her tomato plants from blight before the summer fair."
 
@@ -283,7 +285,7 @@ async def test_flow_controller_last_allowed_turn_closes_without_judging(tmp_path
 
 
 async def test_user_prompt_swaps_roles_and_carries_persona_scenario_hint(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\"", OK])
+    engine = ScriptedEngine(replies=["User: \"we had loads of rain, does that matter?\"", USER_OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -328,7 +330,7 @@ async def test_user_prompt_keeps_its_prefix_from_one_turn_to_the_next(tmp_path: 
 
 
 async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", OK])
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", USER_OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -342,7 +344,7 @@ async def test_user_first_message_gets_the_hint_as_direction(tmp_path: Path) -> 
 
 
 async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", OK])
+    engine = ScriptedEngine(replies=["hi, my tomato leaves have spots", USER_OK])
     res = resources(tmp_path, engine)
     seed = Conversation(task_name="t", conversation_id="s", steps=[MessageStep(role="user", content="ugh my sourdough died again")])
     res.seed_conversations = [seed]
@@ -424,7 +426,7 @@ def test_a_goodbye_is_fine_in_the_closing_message() -> None:
 
 
 async def test_user_closing_message_gets_direction_and_must_not_ask(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["thanks! one more thing, what about basil?", "thanks, that helps a lot, bye!", OK])
+    engine = ScriptedEngine(replies=["thanks! one more thing, what about basil?", "thanks, that helps a lot, bye!", USER_OK])
     res = resources(tmp_path, engine)
     stage = UserStage(stage_options(res, "lm/user/guided"), res)
     stage.setup()
@@ -450,7 +452,7 @@ async def test_user_retries_bad_drafts_then_drops(tmp_path: Path) -> None:
 
 
 async def test_assistant_sees_only_the_visible_conversation(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["Assistant: Water at the base of the plant.", OK])
+    engine = ScriptedEngine(replies=["Assistant: Water at the base of the plant.", ASSISTANT_OK])
     res = resources(tmp_path, engine)
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("spots?", "Blight."))
@@ -469,7 +471,7 @@ async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None
 
     def reply(call: Any) -> ChatResult:
         if call.schema is not None:  # the verifier's call
-            return ChatResult('{"reason": "fine", "verdict": "ok"}', finish_reason="stop")
+            return ChatResult('{"writer": "assistant"}', finish_reason="stop")
         return ChatResult("First sentence is whole and long enough. Second one is cut", finish_reason="length")
 
     engine = ScriptedEngine(responder=reply)
@@ -484,7 +486,7 @@ async def test_assistant_trims_a_reply_cut_by_max_tokens(tmp_path: Path) -> None
 
 async def test_assistant_reply_that_copies_an_earlier_one_is_rewritten(tmp_path: Path) -> None:
     earlier = "Some ideas might include making rainbows, having a picnic, or cooking together on a rainy afternoon."
-    engine = ScriptedEngine(replies=[f"Rainy days are great. {earlier}", "Try a blanket fort and a puppet show.", OK])
+    engine = ScriptedEngine(replies=[f"Rainy days are great. {earlier}", "Try a blanket fort and a puppet show.", ASSISTANT_OK])
     res = resources(tmp_path, engine)
     stage = AssistantStage(stage_options(res, "lm/assistant/naive"), res)
     conv = conversation(("ideas for rain?", earlier))

@@ -20,9 +20,11 @@ from fms_dgt.stages.assistant import AssistantStage, fit_length, rejection
 from fms_dgt.stages.base import ConversationContext, DropConversation, Resources
 from fms_dgt.stages.user import UserStage
 from fms_dgt.stats import RunStats
-from test_stages import OK, conversation
+from fms_dgt.stages.user import EXPECTED as USER_EXPECTED
+from fms_dgt.stages.verifier import EXAMPLES, SYSTEM
+from test_stages import ASSISTANT_OK, USER_OK, conversation
 
-FAIL_ADDS_NOTHING = {"reason": "it only agrees", "verdict": "adds_nothing"}
+READS_AS_ASSISTANT = {"writer": "assistant"}  # for a user draft, a failing verdict
 
 
 def verified_task(tmp_path: Path, user: dict[str, Any] | None = None, assistant: dict[str, Any] | None = None,
@@ -60,47 +62,55 @@ def follow_up(*exchanges: tuple[str, str], hint: str = "Ask about watering.", la
 
 async def test_a_draft_the_verifier_fails_is_rewritten_with_its_reason(tmp_path: Path) -> None:
     engine = ScriptedEngine(replies=[
-        "Exactly right, blight is a fungus.", FAIL_ADDS_NOTHING,
-        "ok, so how often should I water them?", OK,
+        "Exactly right, blight is a fungus.", READS_AS_ASSISTANT,
+        "ok, so how often should I water them?", USER_OK,
     ])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = follow_up(("my tomatoes have spots", "Probably early blight, a fungal disease."))
     await user_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
 
     draft, verdict, rewrite, second_verdict = engine.calls
-    # the verdict shares the writing call's prefix: the same messages, then the draft and one question
-    assert verdict.messages[: len(draft.messages)] == draft.messages
-    assert verdict.messages[len(draft.messages)] == {"role": "assistant", "content": "Exactly right, blight is a fungus."}
-    assert "adds_nothing" in verdict.messages[-1]["content"] and "Ask about watering." in verdict.messages[-1]["content"]
-    # a constrained short answer: an enum verdict and a bounded reason, a small cap, greedy
+    # the verdict's prompt is the same instructions and examples every time, then the draft alone
+    assert verdict.messages[0] == {"role": "system", "content": SYSTEM}
+    assert len(verdict.messages) == 2 + 2 * len(EXAMPLES)
+    assert verdict.messages[1:-1] == second_verdict.messages[1:-1]
+    assert verdict.messages[-1] == {"role": "user", "content": "Message: Exactly right, blight is a fungus."}
+    # a constrained short answer: one of two writers, a small cap, greedy
     schema = verdict.schema
     assert schema is not None
-    assert schema["properties"]["verdict"]["enum"] == ["ok", "sounds_like_assistant", "adds_nothing", "ignores_hint"]
-    assert schema["properties"]["reason"]["maxLength"] == 80
-    assert verdict.params["max_tokens"] == 64 and verdict.params["temperature"] == 0.0
-    # the rewrite is the same prompt with the verifier's reason appended to its last message; the
-    # failed draft is not shown (small models shown it wrote it again)
+    assert schema["properties"]["writer"]["enum"] == ["human", "assistant"]
+    assert verdict.params["max_tokens"] == 16 and verdict.params["temperature"] == 0.0
+    # the rewrite is the same prompt with the expectation's feedback appended to its last message;
+    # the failed draft is not shown (small models shown it wrote it again)
     assert rewrite.messages[:-1] == draft.messages[:-1]
     assert rewrite.messages[-1]["content"].startswith(draft.messages[-1]["content"])
-    assert "it only agrees" in rewrite.messages[-1]["content"] and rewrite.schema is None
+    assert USER_EXPECTED.feedback in rewrite.messages[-1]["content"] and rewrite.schema is None
     assert not any("blight is a fungus" in m["content"] for m in rewrite.messages)
 
     step = conv.steps[-1]
     assert step.content == "ok, so how often should I water them?"
     assert step.metadata["attempts"] == 2
-    assert step.metadata["rejected"] == [
-        {"reason": "verifier_adds_nothing", "feedback": "it only agrees", "text": "Exactly right, blight is a fungus."}
-    ]
-    assert [v["verdict"] for v in step.metadata["verdicts"]] == ["adds_nothing", "ok"]
-    assert res.stats.verdicts == {"user:adds_nothing": 1, "user:ok": 1}
-    assert res.stats.rejected_drafts == {"user:verifier_adds_nothing": 1}
+    assert step.metadata["rejected"] == [{
+        "reason": "verifier_sounds_like_assistant", "feedback": USER_EXPECTED.feedback,
+        "text": "Exactly right, blight is a fungus.",
+    }]
+    assert [v["verdict"] for v in step.metadata["verdicts"]] == ["sounds_like_assistant", "ok"]
+    assert res.stats.verdicts == {"user:sounds_like_assistant": 1, "user:ok": 1}
+    assert res.stats.rejected_drafts == {"user:verifier_sounds_like_assistant": 1}
     # counted like any LM call, apart from the drafts
     assert res.stats.per_stage["lm/user/guided/verifier"].calls == 2
     assert res.stats.per_stage["lm/user/guided"].calls == 2
 
 
+def test_the_verifier_sees_the_first_words_of_a_long_draft() -> None:
+    from fms_dgt.stages.verifier import JUDGED_WORDS, judge_messages
+
+    shown = judge_messages(" ".join(["word"] * (JUDGED_WORDS + 20)))[-1]["content"]
+    assert shown == "Message: " + " ".join(["word"] * JUDGED_WORDS) + " ..."
+
+
 async def test_phrase_checks_run_first_and_skip_the_verifier(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["How can I help you today?", "so how often should I water?", OK])
+    engine = ScriptedEngine(replies=["How can I help you today?", "so how often should I water?", USER_OK])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = follow_up(("my tomatoes have spots", "Probably early blight."))
     await user_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
@@ -123,7 +133,7 @@ async def test_the_verifier_can_be_turned_off(tmp_path: Path) -> None:
 
 async def test_the_verifier_runs_on_its_own_engine(tmp_path: Path) -> None:
     writer = ScriptedEngine("default", replies=["so how often should I water?"])
-    judge = ScriptedEngine("judge", replies=[OK])
+    judge = ScriptedEngine("judge", replies=[USER_OK])
     engines = {"default": {"type": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
                "judge": {"type": "openai", "model": "big", "base_url": "http://127.0.0.1:9/v1"}}
     data = verified_task(tmp_path, user={"verifier": {"engine": "judge"}}, engines=engines)
@@ -142,7 +152,7 @@ def test_an_unknown_verifier_engine_is_a_config_error(tmp_path: Path) -> None:
 
 
 async def test_a_verdict_that_never_fits_the_schema_passes_the_draft(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["so how often should I water?", "not json", "{}", '{"verdict": "maybe"}'])
+    engine = ScriptedEngine(replies=["so how often should I water?", "not json", "{}", '{"writer": "maybe"}'])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = follow_up(("my tomatoes have spots", "Probably early blight."))
     await user_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
@@ -152,14 +162,14 @@ async def test_a_verdict_that_never_fits_the_schema_passes_the_draft(tmp_path: P
 
 
 async def test_drafts_failing_every_attempt_drop_with_the_last_reason(tmp_path: Path) -> None:
-    fail = {"reason": "talks about something else", "verdict": "does_not_answer"}
+    fail = {"writer": "human"}  # each assistant draft reads as a human's
     engine = ScriptedEngine(replies=["Chess is fun.", fail, "Chess is a board game.", fail, "Chess has rules.", fail])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(MessageStep(role="user", content="how often should I water them?"))
-    with pytest.raises(DropConversation, match="^assistant_verifier_does_not_answer$"):
+    with pytest.raises(DropConversation, match="^assistant_verifier_sounds_like_human$"):
         await assistant_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1))
-    assert res.stats.verdicts == {"assistant:does_not_answer": 3}  # max_attempts 3
+    assert res.stats.verdicts == {"assistant:sounds_like_human": 3}  # max_attempts 3
 
 
 @pytest.mark.parametrize(
@@ -208,7 +218,7 @@ def test_a_reply_cut_by_max_tokens_fits_only_as_whole_sentences(text: str, fitte
 
 async def test_a_reply_cut_mid_list_is_rewritten_to_fit(tmp_path: Path) -> None:
     cut = ChatResult("Here are tips:\n1. Mulch.\n2. Water at the base.\n3. Prune the low", "length", Usage(50, 30))
-    engine = ScriptedEngine(replies=[cut, "Mulch, water at the base, and prune the lowest leaves.", OK])
+    engine = ScriptedEngine(replies=[cut, "Mulch, water at the base, and prune the lowest leaves.", ASSISTANT_OK])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(MessageStep(role="user", content="how do I stop it?"))
@@ -219,26 +229,24 @@ async def test_a_reply_cut_mid_list_is_rewritten_to_fit(tmp_path: Path) -> None:
 
 
 async def test_an_empty_closing_is_rewritten(tmp_path: Path) -> None:
-    engine = ScriptedEngine(replies=["You're welcome! Goodbye!", "Good luck with the mulch on your tomatoes!", OK])
+    engine = ScriptedEngine(replies=["You're welcome! Goodbye!", "Good luck with the mulch on your tomatoes!", ASSISTANT_OK])
     res = resources(tmp_path, {"default": engine}, verified_task(tmp_path))
     conv = conversation(("my tomatoes have spots", "Probably early blight."))
     conv.steps.append(MessageStep(role="user", content="thanks, I'll put mulch around the tomatoes. bye!"))
     await assistant_stage(res)(conv, ConversationContext(rng=random.Random(0), max_turns=4, turn=1, last_turn=True))
     assert conv.steps[-1].content == "Good luck with the mulch on your tomatoes!"
-    # the closing verdict may also call an empty closing
-    assert "empty_closing" in engine.calls[2].schema["properties"]["verdict"]["enum"]  # type: ignore[index]
     assert res.stats.rejected_drafts == {"assistant:empty_closing": 1}
 
 
 def test_the_report_quality_section() -> None:
     summary = {
-        "verifier_verdicts": {"user:ok": 6, "user:adds_nothing": 2, "assistant:ok": 3, "assistant:invalid": 1},
-        "rejected_drafts": {"user:verifier_adds_nothing": 2, "assistant:cut_by_length": 1},
+        "verifier_verdicts": {"user:ok": 6, "user:sounds_like_assistant": 2, "assistant:ok": 3, "assistant:invalid": 1},
+        "rejected_drafts": {"user:verifier_sounds_like_assistant": 2, "assistant:cut_by_length": 1},
         "repaired_drafts": {"assistant:trimmed_for_length": 4},
     }
     gate = quality(summary)
     assert gate["verifier"]["user"] == {
-        "verdicts": 8, "passed": 6, "by_verdict": {"adds_nothing": 2, "ok": 6}, "pass_rate": 0.75
+        "verdicts": 8, "passed": 6, "by_verdict": {"sounds_like_assistant": 2, "ok": 6}, "pass_rate": 0.75
     }
     assert gate["verifier"]["assistant"]["pass_rate"] == 1.0
     assert gate["length"] == {"rewritten": 1, "trimmed": 4}

@@ -20,7 +20,7 @@ from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
 from fms_dgt.stages.similarity import ASSISTANT_RUN, Words, copies, shares_run, words
 from fms_dgt.stages.drafts import DraftProblem
-from fms_dgt.stages.verifier import Question, VerifiedOptions, write_verified
+from fms_dgt.stages.verifier import Expectation, VerifiedOptions, write_verified
 from fms_dgt.templates import render
 
 SYSTEM = (
@@ -51,18 +51,12 @@ FEEDBACK = {
     "empty_closing": "It only said goodbye; also say something about what the two of you discussed.",
 }
 REWRITE = "(Note, not part of the chat: a first reply to this message was turned down. {feedback} Write only the reply.)"
-VERIFY = (
-    "(Note, not part of the chat: check the reply you just wrote to my last message. Answer"
-    " does_not_answer if it does not answer that message as the assistant; copies_user if it mostly"
-    " repeats my words back;{closing} otherwise ok. Reply in JSON: a reason of a few words, then the"
-    " verdict.)"
+# The verifier's expectation of an assistant draft (see stages.verifier).
+EXPECTED = Expectation(
+    "assistant", "sounds_like_human",
+    "It read as a human's message; you are the AI assistant: answer the question, with no life,"
+    " family or experiences of your own.",
 )
-VERIFY_CLOSING = " empty_closing if it only says goodbye, with nothing about what we discussed;"
-
-
-def verifier_question(closing: bool) -> Question:
-    verdicts = ("does_not_answer", "copies_user") + (("empty_closing",) if closing else ())
-    return Question(VERIFY.format(closing=VERIFY_CLOSING if closing else ""), verdicts)
 
 
 def topic_words(text: str) -> set[str]:
@@ -170,7 +164,7 @@ class AssistantStage(LMStage):
             max_attempts=self.options.max_attempts,
             clean=lambda result: clean_reply(result.text),
             check=check,
-            question=verifier_question(closing),
+            expected=EXPECTED,
             rewrite=lambda r: REWRITE.format(feedback=r.feedback),
         )
         conv.steps.append(MessageStep(role="assistant", content=text, stage_name=self.name, metadata=metadata))

@@ -28,7 +28,7 @@ RECORD_CHARS = 300
 class DraftProblem:
     """Why a draft was turned down, and what the next draft is told (None: it is asked again as is)."""
 
-    reason: str  # a countable label: "copies_user", "verifier_adds_nothing", ...
+    reason: str  # a countable label: "copies_user", "verifier_sounds_like_assistant", ...
     feedback: str | None = None
 
 

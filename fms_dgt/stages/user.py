@@ -21,7 +21,7 @@ from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.reply_cleanup import clean_reply, first_sentences, with_article
 from fms_dgt.stages.similarity import USER_RUN, Words, copies, overlap, shares_run
 from fms_dgt.stages.drafts import DraftProblem
-from fms_dgt.stages.verifier import Question, VerifiedOptions, write_verified
+from fms_dgt.stages.verifier import Expectation, VerifiedOptions, write_verified
 
 # Phrases a user would not say to an assistant; drafts with them are the model playing assistant.
 _ASSISTANT_VOICE = re.compile(
@@ -176,19 +176,11 @@ FEEDBACK = {
     "greets_again": "Do not greet again: the chat is already going; say what you want to say.",
 }
 REWRITE = "(Your first try at this message did not work. {feedback} Write a different one, as yourself.)"
-VERIFY = (
-    "(Stage direction, not part of the chat: check the message you just wrote as {role}. Answer"
-    " sounds_like_assistant if it offers help, explains or answers like the AI assistant instead"
-    " of you; adds_nothing if it only agrees with or restates the last reply; ignores_hint if it"
-    " does not do this: {hint} Otherwise answer ok. Reply in JSON: a reason of a few words, then"
-    " the verdict.)"
+# The verifier's expectation of a user draft (see stages.verifier).
+EXPECTED = Expectation(
+    "human", "sounds_like_assistant",
+    "It read as the AI assistant's message; you are the human, who asks and reacts.",
 )
-VERDICTS = ("sounds_like_assistant", "adds_nothing", "ignores_hint")
-
-
-def verifier_question(conv: Conversation, hint: str) -> Question:
-    role = with_article(conv.persona.persona.role) if conv.persona else "the user"
-    return Question(VERIFY.format(role=role, hint=hint), VERDICTS)
 
 
 def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | None:
@@ -275,7 +267,7 @@ class UserStage(LMStage):
             max_attempts=self.options.max_attempts,
             clean=clean,
             check=check,
-            question=verifier_question(conv, hint),
+            expected=EXPECTED,
             rewrite=lambda r: REWRITE.format(feedback=r.feedback),
             # Later attempts are a little more adventurous, to get out of a repetitive rut.
             temperature=lambda attempt: min(1.2, base + 0.15 * (attempt - 1)),

@@ -1,23 +1,38 @@
 """The per-turn verifier, and the user's and assistant's draft / check / verify / rewrite turn.
 
 Phrase checks catch the common slips fast, but every new slip needed a new phrase, and they know
-only English. The verifier asks the model itself, after the phrase checks pass: one short call
-that appends the draft and a question to the very messages that wrote it (so the engine's prompt
-cache makes the prefix nearly free), answered in JSON constrained to an enum verdict and a
-reason of a few words. A failing draft is rewritten with that reason fed back to the writer, up
-to the stage's ``max_attempts``. Every verdict is counted by role and verdict in the summary
-(``verifier_verdicts``), every rejection by reason (``rejected_drafts``), and both are kept in
-the step's metadata.
+only English. The verifier asks the model itself, after the phrase checks pass, one narrow
+question about the draft alone: who wrote this message, the human or the AI assistant? The
+question comes with a fixed set of example messages and their answers (few-shot), and the answer
+is JSON constrained to those two words. A user draft the model reads as the assistant's, or an
+assistant draft it reads as a human's (a life, a family, a pet of its own), fails and is
+rewritten with the feedback of its ``Expectation``, up to the stage's ``max_attempts``.
+
+Why this question, and not the one asked before it (measured with qwen2.5-1.5b on the labelled
+drafts of ``tests/data/verifier_labels.jsonl``; figures in the README's Per-turn verifier): asked
+from inside the role play (the writing call's own messages, then "check the message you just
+wrote", with verdicts such as ``adds_nothing`` or ``ignores_hint`` and a reason), the model
+judged its own draft as it had written it: ``ok`` to 32 of 34 drafts of a quarter of the set.
+Asked without examples who wrote a message, it answered "human" to 20 of 23. With the examples it
+catches half of the bad drafts, but it still leans to one answer: on assistant drafts it tells
+the roles apart somewhat, on user drafts no better than chance, and in a real run it read good
+assistant replies as a human's often enough to drop 3 of 5 conversations. (Spelling out each
+role's job in the instructions only moved the lean to "assistant": 60 of 74 user drafts
+flagged.) So it is off unless a task turns it on, for a judge model that can do this. The
+examples and the instructions are the same for every call, so llama.cpp keeps them cached on a
+slot and a verdict costs the draft's tokens and a few generated ones.
+
+Every verdict is counted by role and verdict in the summary (``verifier_verdicts``), every
+rejection by reason (``rejected_drafts``), and both are kept in the step's metadata.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 
 from fms_dgt.config import ConfigModel, LMStageOptions
 from fms_dgt.engines.base import ChatResult, Message
@@ -25,21 +40,57 @@ from fms_dgt.errors import StructuredOutputError
 from fms_dgt.stages.base import ConversationContext, LMStage
 from fms_dgt.stages.drafts import Draft, DraftProblem, draft_until_accepted
 
-# A reason is for the rewrite and for people reading the metadata: a few words are enough, and
-# every character is a token decoded on a CPU.
-REASON_CHARS = 80
 OK = "ok"
+Writer = Literal["human", "assistant"]
+# The draft's first words are enough to tell who wrote it, and every token is processed on a CPU.
+JUDGED_WORDS = 80
+
+SYSTEM = (
+    "You read one message from a chat between a human and an AI assistant and say who wrote it."
+    " The human asks for things, tells about their own life and reacts to answers. The assistant"
+    " answers, explains, gives advice, offers help and asks the human what they need."
+)
+# Made up for this prompt (none is from the labelled set), in pairs of the two writers; the
+# assistant's include the slips the simulated user makes most (agreeing, offering more help,
+# asking the other about their tastes, an empty goodbye).
+EXAMPLES: tuple[tuple[str, Writer], ...] = (
+    ("Can you recommend a good beginner guitar? I have about $200 to spend.", "human"),
+    ("Great question! For beginners, the Yamaha FG800 is a solid choice. Would you like tips on strings too?",
+     "assistant"),
+    ("I tried that recipe last night and it came out too salty. What did I do wrong?", "human"),
+    ("I'm glad I could help! Is there anything else you'd like to know about gardening?", "assistant"),
+    ("Thanks, that makes sense. My landlord won't let me drill holes though, so what else could I try?", "human"),
+    ("Sure! What kind of music do you like to listen to? Do you play any instruments yourself?", "assistant"),
+    ("Honestly I've had a rough week at work, and I'm wondering if running would help me unwind.", "human"),
+    ("You're welcome! Have a great day and enjoy your new hobby!", "assistant"),
+)
+
+
+class WriterVerdict(BaseModel):
+    """The verifier's reply: one of two words (constrained decoding allows nothing else)."""
+
+    model_config = ConfigDict(extra="forbid")
+    writer: Writer
+
+
+def judge_messages(draft: str) -> list[Message]:
+    """The verifier's prompt: instructions and examples (the same every time), then the draft."""
+    messages: list[Message] = [{"role": "system", "content": SYSTEM}]
+    for text, writer in EXAMPLES:
+        messages.append({"role": "user", "content": f"Message: {text}"})
+        messages.append({"role": "assistant", "content": WriterVerdict(writer=writer).model_dump_json()})
+    words = draft.split()
+    shown = " ".join(words[:JUDGED_WORDS]) + (" ..." if len(words) > JUDGED_WORDS else "")
+    messages.append({"role": "user", "content": f"Message: {shown}"})
+    return messages
 
 
 class VerifierOptions(ConfigModel):
-    # Off by default: on the embedded qwen2.5-1.5b it answered "ok" to 15 drafts of 15 in a real
-    # run, with reasons that only repeated the draft, for 28 % more LM calls. Turn it on with an
-    # engine that can judge (``engine:`` naming a bigger model).
     enabled: bool = Field(False, description="Judge each draft that passed the phrase checks with an LM call.")
     engine: str | None = Field(
         None, description="Engine for the verdicts (an entry under `engines:`); default the stage's own."
     )
-    max_tokens: int = Field(64, ge=16, description="Cap on the verdict's tokens (JSON, reason and verdict).")
+    max_tokens: int = Field(16, ge=8, description="Cap on the verdict's tokens (a JSON object with one word).")
 
 
 class VerifiedOptions(LMStageOptions):
@@ -54,17 +105,6 @@ class VerifiedOptions(LMStageOptions):
         return used
 
 
-@lru_cache(maxsize=16)
-def verdict_model(verdicts: tuple[str, ...]) -> type[BaseModel]:
-    """Reply model: a short reason first (it helps small models decide), then a declared verdict."""
-    return create_model(  # type: ignore[call-overload, no-any-return]
-        "Verdict",
-        __config__=ConfigDict(extra="forbid"),
-        reason=(str, Field(max_length=REASON_CHARS)),
-        verdict=(Literal[(OK, *verdicts)], ...),  # type: ignore[valid-type]
-    )
-
-
 @dataclass(frozen=True)
 class Verdict:
     verdict: str
@@ -73,40 +113,40 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class Question:
-    """What the verifier asks about one draft: the question and the failing verdicts it may give."""
+class Expectation:
+    """Who should have written a stage's drafts, and what a failing draft's rewrite is told."""
 
-    text: str
-    verdicts: tuple[str, ...]
+    writer: Writer
+    failure: str  # the verdict when the other one is judged to have written it
+    feedback: str
 
 
 # The stage's cheap checks: the (possibly repaired) text, and why it fails or None.
 Check = Callable[[str, ChatResult], tuple[str, DraftProblem | None]]
 
 
-async def verify(
-    stage: LMStage, ctx: ConversationContext, messages: list[Message], draft: str, question: Question
-) -> Verdict:
-    """One verdict on ``draft``, the reply to ``messages``. A reply that never fits the schema is
-    a pass (counted as ``invalid``): the phrase checks already passed, and a verifier that cannot
-    answer must not cost the conversation."""
+async def verify(stage: LMStage, ctx: ConversationContext, draft: str, expected: Expectation) -> Verdict:
+    """One verdict on ``draft``. A reply that never fits the schema is a pass (counted as
+    ``invalid``): the phrase checks already passed, and a verifier that cannot answer must not
+    cost the conversation."""
     options = stage.options
     assert isinstance(options, VerifiedOptions)
-    asked = [*messages, {"role": "assistant", "content": draft}, {"role": "user", "content": question.text}]
     try:
         result = await stage.call(
             ctx,
-            asked,
+            judge_messages(draft),
             engine=options.verifier.engine or options.engine,
             label=f"{stage.name}/verifier",
-            schema=verdict_model(question.verdicts),
+            schema=WriterVerdict,
             temperature=0.0,
             max_tokens=options.verifier.max_tokens,
         )
     except StructuredOutputError:
         return Verdict("invalid", "", None)
     parsed: Any = result.parsed
-    return Verdict(parsed.verdict, " ".join(parsed.reason.split()), result)
+    if parsed.writer == expected.writer:
+        return Verdict(OK, "", result)
+    return Verdict(expected.failure, expected.feedback, result)
 
 
 async def write_verified(
@@ -118,7 +158,7 @@ async def write_verified(
     max_attempts: int,
     clean: Callable[[ChatResult], str],
     check: Check,
-    question: Question | None,
+    expected: Expectation | None,
     rewrite: Callable[[DraftProblem], str],
     temperature: Callable[[int], float | None] = lambda attempt: None,
 ) -> tuple[str, dict[str, Any]]:
@@ -143,8 +183,8 @@ async def write_verified(
             prompt = [*messages[:-1], {**messages[-1], "content": note}]
         result = await stage.chat_with_settings(ctx, prompt, temperature=temperature(attempt))
         text, found = check(clean(result), result)
-        if found is None and question is not None and options.verifier.enabled:
-            verdict = await verify(stage, ctx, messages, text, question)
+        if found is None and expected is not None and options.verifier.enabled:
+            verdict = await verify(stage, ctx, text, expected)
             stats.verdicts[f"{role}:{verdict.verdict}"] += 1
             entry: dict[str, Any] = {"attempt": attempt, "verdict": verdict.verdict, "reason": verdict.reason}
             if verdict.result is not None:

@@ -92,10 +92,6 @@ class _Gen:
         if "const" in s:
             return s["const"]
         if s.get("enum"):
-            # A verdict is a pass (the verifier lists it first): a simulated writer's drafts are
-            # acceptable, so simulated runs measure the pipeline, not a coin-flipping judge.
-            if name == "verdict":
-                return s["enum"][0]
             return s["enum"][self.rng.randrange(len(s["enum"]))]
         for key in ("anyOf", "oneOf"):
             if s.get(key):
@@ -217,6 +213,10 @@ class PlausibleReplies:
 
     def __call__(self, body: dict[str, Any], stage: str | None = None) -> str:
         number = next(self._count)
+        if stage is not None and stage.endswith("/verifier"):
+            # The writer the stage expects: simulated drafts are acceptable, so simulated runs
+            # measure the pipeline, not a coin-flipping judge.
+            return json.dumps({"writer": "human" if "/user" in stage else "assistant"})
         path = "/api/chat" if "format" in body or "options" in body else "/v1/chat/completions"
         schema = _requested_schema(path, body)
         if schema is not None:
