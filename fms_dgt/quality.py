@@ -18,34 +18,16 @@ from pathlib import Path
 from fms_dgt.config import QualityConfig
 from fms_dgt.conversation import Conversation, FlowControllerStep, MessageStep
 from fms_dgt.dedup import NearDuplicateIndex
-from fms_dgt.stages.similarity import ASSISTANT_RUN, USER_RUN, Words, copies
+from fms_dgt.stages.similarity import ASSISTANT_RUN, USER_RUN, Words, content_words, copies
 from fms_dgt.stages.user import _ASSISTANT_OPENER, _ASSISTANT_VOICE  # the user stage's fast filter
 from fms_dgt.stats import RunStats
 
 logger = logging.getLogger(__name__)
 
 # A closing user message must say something: at least this many content words (4+ letters,
-# not courtesy or filler words).
+# not courtesy or filler words: ``similarity.content_words``).
 MIN_CLOSING_WORDS = 2
-_COURTESY = frozenset(
-    "thanks thank thankyou goodbye welcome great good nice lovely wonderful awesome amazing cheers"
-    " have having later care again help helped helping helpful much really very appreciate"
-    " appreciated today tonight soon bye byee take that this those these there then with from"
-    " your yours will would could should just okay alright sounds sound definitely also time"
-    " chat chatting talk talking conversation advice tips info information answer answers"
-    " question questions everything anything something here what when well sure glad enjoy"
-    " hope right know pleasure useful insights insight keep mind going done".split()
-)
-_WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?…:;)\"'”’*`]\s*$")
-
-
-def _tokens(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in _tokens(text) if len(w) >= 4 and not w.isdigit() and w not in _COURTESY]
 
 
 def problem(conv: Conversation) -> str | None:

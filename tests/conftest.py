@@ -17,6 +17,7 @@ import yaml
 from fms_dgt.engines.scripted import RecordedCall
 from fms_dgt.stages.base import Resources
 from fms_dgt.stages.reply_cleanup import with_article
+from fms_dgt.stages.similarity import COURTESY
 
 REPO = Path(__file__).resolve().parent.parent
 CHIT_CHAT = REPO / "tasks/public/examples/chit_chat/task.yaml"
@@ -135,7 +136,7 @@ class ChitChatResponder:
         if stage == "lm/assistant/naive":
             self.assistant_count += 1
             # A reply takes up two of the user's words, as a real one would (a closing reply must).
-            topic = [w for w in re.findall(r"[a-z]{5,}", messages[-1]["content"].lower())][:2]
+            topic = [w for w in re.findall(r"[a-z]{5,}", messages[-1]["content"].lower()) if w not in COURTESY][:2]
             about = f" Good luck with the {' and the '.join(topic)}." if len(topic) == 2 else ""
             return ASSISTANT_LINES[(self.assistant_count - 1) % len(ASSISTANT_LINES)] + f" ({self.assistant_count}){about}"
         raise AssertionError(f"ChitChatResponder has no reply for stage {stage!r}")

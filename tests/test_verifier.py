@@ -196,6 +196,16 @@ def test_assistant_reply_checks(reply: str, closing: bool, reason: str | None) -
     assert rejection(reply, conv, closing=closing) == reason
 
 
+def test_a_closing_on_topic_needs_topic_words_not_courtesy() -> None:
+    """Seen on qwen2.5-1.5b: "great" and "night" were all the closing shared with the chat."""
+    conv = conversation(("Great! What time is best for a meteor shower night?", "Early morning, after midnight."))
+    conv.steps.append(MessageStep(role="user", content="Good night, AI! Thanks for your help, I'll plan the night."))
+    empty = "You're welcome! I'm glad I could help. Have a great night!"
+    assert rejection(empty, conv, closing=True) == "empty_closing"
+    on_topic = "You're welcome! Enjoy the meteor shower, and look up after midnight."
+    assert rejection(on_topic, conv, closing=True) is None
+
+
 def test_the_task_may_allow_an_ai_self_description() -> None:
     conv = conversation(("hi", "Hello."))
     conv.steps.append(MessageStep(role="user", content="are you a person?"))

@@ -18,7 +18,7 @@ from fms_dgt.conversation import Conversation, MessageStep
 from fms_dgt.engines.base import ChatResult
 from fms_dgt.stages.base import ConversationContext, LMStage, register_stage
 from fms_dgt.stages.reply_cleanup import clean_reply, trim_unfinished
-from fms_dgt.stages.similarity import ASSISTANT_RUN, Words, copies, shares_run, words
+from fms_dgt.stages.similarity import ASSISTANT_RUN, COURTESY, Words, copies, shares_run, words
 from fms_dgt.stages.drafts import DraftProblem
 from fms_dgt.stages.verifier import Expectation, VerifiedOptions, write_verified
 from fms_dgt.templates import render
@@ -60,7 +60,10 @@ EXPECTED = Expectation(
 
 
 def topic_words(text: str) -> set[str]:
-    return {w for w in words(text) if len(w) >= 5}
+    """Words of 5+ letters that are neither courtesy nor a contraction ("you're"): with them,
+    "You're welcome! I'm glad I could help. Have a great night!" shared "great" and "night" with
+    the user's "Great! ..." and "a meteor shower night", and passed as a closing on topic."""
+    return {w for w in words(text) if len(w) >= 5 and "'" not in w and w not in COURTESY}
 
 
 def rejection(reply: str, conv: Conversation, *, closing: bool, allow_ai_self_description: bool = False) -> str | None:

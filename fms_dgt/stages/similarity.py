@@ -11,6 +11,24 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+# Words of courtesy and filler, which say nothing about what a conversation was about (English).
+COURTESY = frozenset(
+    "thanks thank thankyou goodbye welcome great good nice lovely wonderful awesome amazing cheers"
+    " have having later care again help helped helping helpful much really very appreciate"
+    " appreciated today tonight soon bye byee take that this those these there then with from"
+    " your yours will would could should just okay alright sounds sound definitely also time"
+    " chat chatting talk talking conversation advice tips info information answer answers"
+    " question questions everything anything something here what when well sure glad enjoy"
+    " hope right know pleasure useful insights insight keep mind going done".split()
+)
+_WORD = re.compile(r"\w+")
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that carry content: 4+ letters (any script), no courtesy or filler."""
+    return [w for w in _WORD.findall(text.lower()) if len(w) >= 4 and not w.isdigit() and w not in COURTESY]
+
+
 def overlap(a: str, b: str) -> float:
     """Share of the shorter text's distinct words that also appear in the other (0..1)."""
     wa, wb = set(words(a)), set(words(b))
