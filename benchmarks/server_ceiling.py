@@ -17,20 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BODY = {
-    "model": "sim-model",
-    "messages": [
-        {"role": "system", "content": "You are a user who writes short messages. " * 20},
-        {"role": "user", "content": "Tell me about your favourite season and why. " * 10},
-    ],
-    "max_tokens": 100,
-}
+from http_cpu import BODY  # the same chat request as the HTTP-cost benchmark
+from ray_scaling import start_server  # the simulated server in another process, shared
 
 
 async def _send_all(host: str, port: int, n: int, connections: int) -> float:
@@ -65,14 +55,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fms_dgt.testing.lm_server", "--latency", str(args.latency),
-         "--slots", str(args.slots), "--plausible"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    server, url = start_server(args.latency, args.slots)
     try:
-        assert server.stdout is not None
-        url = json.loads(server.stdout.readline())["url"]
         host, port = url.split("//")[1].rsplit(":", 1)
         wall = asyncio.run(_send_all(host, int(port), args.n, args.connections))
     finally:

@@ -23,7 +23,7 @@ import threading
 
 __all__ = ["prefetch", "prefetched", "settle", "settled"]
 
-_threads: dict[str, threading.Thread] = {}  # by module, for as long as it may still be importing
+_threads: dict[str, threading.Thread] = {}  # by module, once started (kept: ``prefetched`` reads it)
 
 
 def prefetch(*modules: str) -> threading.Thread:

@@ -139,7 +139,7 @@ class AssistantStage(LMStage):
         return system
 
     def prompt(self, conv: Conversation) -> list[dict[str, str]]:
-        """The messages that write the next reply (the verifier's prefix too)."""
+        """The messages that write the next reply."""
         messages = [{"role": "system", "content": self.system_prompt(conv)}]
         return messages + [m for m in conv.messages() if m["role"] in ("user", "assistant")]
 

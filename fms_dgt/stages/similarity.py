@@ -53,7 +53,6 @@ def shares_run(a: str, b: str, n: int) -> bool:
 # when it is shorter, if it has at least MIN_COPY_WORDS), or word sets this similar.
 USER_RUN, ASSISTANT_RUN, MIN_COPY_WORDS = 10, 8, 4
 COPY_JACCARD, MIN_JACCARD_WORDS = 0.6, 6
-_WORD = re.compile(r"\w+")
 
 
 class Words:

@@ -234,7 +234,7 @@ class UserStage(LMStage):
         return random.Random(f"{ctx.seed}:{ctx.attempt}:{self.name}").sample(self.examples, k) if k else []
 
     def prompt(self, conv: Conversation, ctx: ConversationContext) -> list[Message]:
-        """The messages that write the next user message (the verifier's prefix too)."""
+        """The messages that write the next user message."""
         extra = self.instructions(conv)
         first = not conv.contents("assistant")
         return [
@@ -244,7 +244,6 @@ class UserStage(LMStage):
         ]
 
     async def __call__(self, conv: Conversation, ctx: ConversationContext) -> None:
-        hint = self.hint(conv)
         base = self.options.temperature or self.default_temperature
 
         def clean(result: ChatResult) -> str:

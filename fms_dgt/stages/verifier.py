@@ -192,7 +192,7 @@ async def write_verified(
                 entry["completion_tokens"] = verdict.result.usage.completion_tokens
             verdicts.append(entry)
             if verdict.verdict not in (OK, "invalid"):
-                found = DraftProblem(f"verifier_{verdict.verdict}", verdict.reason or verdict.verdict.replace("_", " "))
+                found = DraftProblem(f"verifier_{verdict.verdict}", verdict.reason)  # the expectation's feedback
         return Draft(text, text, result, found)
 
     accepted = await draft_until_accepted(stage, write, kind=role, max_attempts=max_attempts)
