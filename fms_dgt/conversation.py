@@ -96,6 +96,19 @@ Step = Annotated[
 ]
 
 
+class CutExchange(BaseModel):
+    """The exchange a rescued conversation was cut back from (see ``pipeline``): the steps it
+    had written and every draft the failing stage turned down. It is not part of the chat (the
+    formatters never see it) but it was generated, so ``final_data.jsonl`` keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str
+    stage: str | None = None  # the stage that gave up, when it said
+    steps: list[Step] = Field(default_factory=list)
+    rejected_drafts: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Conversation(BaseModel):
     """One conversation and how it was made. Steps are append-only while it is generated."""
 
@@ -111,6 +124,8 @@ class Conversation(BaseModel):
     # Named values written by stages (sampled attributes, generated system prompt, ...).
     attributes: dict[str, Any] = Field(default_factory=dict)
     steps: list[Step] = Field(default_factory=list)
+    # Set when the conversation was kept as of an earlier exchange than the one that failed.
+    cut_exchange: CutExchange | None = None
 
     def last(self, role: str) -> Step | None:
         for step in reversed(self.steps):

@@ -3,7 +3,8 @@
 A conversation runs the initialization stages once, then the iteration stages once per exchange
 between ``min_turns`` and ``max_turns``, then the termination stages. A conversation dropped after
 ``min_turns`` complete exchanges is kept as of its last complete exchange; one dropped earlier is
-discarded. Every drop comes back with its reason.
+discarded (to ``dropped.jsonl``). Every drop comes back with its reason, and what the cut
+exchange had written stays in ``Conversation.cut_exchange``.
 
 The pipeline knows nothing of the run around it (output folder, N, limits, progress): the driver
 (``runner``) decides which attempts to run and what to keep, and an executor runs ``run(attempt)``
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fms_dgt.config import LMStageOptions, StageOptions
-from fms_dgt.conversation import Conversation
+from fms_dgt.conversation import Conversation, CutExchange
 from fms_dgt.datafiles import read_jsonl
 from fms_dgt.engines import ENGINES, Engine
 from fms_dgt.engines import gate
@@ -206,7 +207,7 @@ class Pipeline:
                     for stage in self.iteration_stages:
                         await stage(conv, ctx)
                 except DropConversation as drop:
-                    del conv.steps[mark:]  # back to the last complete exchange
+                    conv.cut_exchange = cut_exchange(conv, mark, drop)  # back to the last complete exchange
                     if conv.num_turns >= min_turns:
                         conv.stop_reason = f"rescued:{drop.reason}"
                         self.stats.rescued[drop.reason] += 1
@@ -245,3 +246,16 @@ class Pipeline:
             )
             raise DropConversation("target_turns_out_of_range")
         return turns
+
+
+def cut_exchange(conv: Conversation, mark: int, drop: DropConversation) -> CutExchange:
+    """Cut ``conv`` back to its steps before ``mark``, keeping what the cut exchange had written."""
+    rejected = drop.rejected
+    cut = CutExchange(
+        reason=drop.reason,
+        stage=rejected.stage if rejected is not None else None,
+        steps=conv.steps[mark:],
+        rejected_drafts=[] if rejected is None else list(rejected.drafts) or [{"text": rejected.text}],
+    )
+    del conv.steps[mark:]
+    return cut

@@ -115,7 +115,14 @@ async def test_drop_after_min_turns_is_rescued(tmp_path: Path) -> None:
         # the partial third exchange (controller step and user message) was rolled back
         assert [s["role"] for s in record["steps"][-2:]] == ["user", "assistant"]
         assert sum(s["role"] == "flow_controller" for s in record["steps"]) == 2
+        # ... and kept beside the chat, with every draft the assistant stage turned down
+        cut = record["cut_exchange"]
+        assert (cut["reason"], cut["stage"]) == ("assistant_empty", "lm/assistant/naive")
+        assert [s["role"] for s in cut["steps"]] == ["flow_controller", "user"]
+        assert len(cut["rejected_drafts"]) == 3 and all(d["reason"] == "empty" for d in cut["rejected_drafts"])
     assert result.summary["rescued"] == {"assistant_empty": 2}
+    formatted = read_jsonl(result.output_dir / "formatted_output.jsonl")
+    assert [[m["role"] for m in line["messages"]] for line in formatted] == [["user", "assistant"] * 2] * 2
 
 
 async def test_drop_below_min_turns_is_discarded_and_counted(tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from conftest import ChitChatResponder, task_dict, write_task
+from fms_dgt.engines.scripted import RecordedCall, ScriptedEngine
+from fms_dgt.loader import load_task
+from fms_dgt.runner import RunOptions, Runner
 from viewer_output import REJECTED_DRAFT, make_output
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,7 +47,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def page(tmp_path: Path, folder: Path) -> Any:
+def page(tmp_path: Path) -> Any:
     sync_playwright = _playwright()
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
@@ -127,3 +131,34 @@ def test_viewer_in_chromium(tmp_path: Path, folder: Path, page: Any) -> None:
     page.screenshot(path=str(tmp_path / "report.png"))
     assert errors == []
     print(f"screenshots: {tmp_path / 'conversation.png'} {tmp_path / 'report.png'}")
+
+
+class EmptyThirdReply(ChitChatResponder):
+    """Every assistant reply after the second is empty: the conversation is rescued at two exchanges."""
+
+    def __call__(self, call: RecordedCall) -> Any:
+        if call.stage == "lm/assistant/naive" and self.assistant_count >= 2:
+            return "   "
+        return super().__call__(call)
+
+
+@pytest.fixture
+def rescued(tmp_path: Path) -> Path:
+    """The output folder of one conversation rescued at two exchanges (made before the browser starts)."""
+    path = write_task(tmp_path, task_dict(tmp_path))
+    runner = Runner(load_task(path), RunOptions(num_outputs=1, output_dir=tmp_path / "out", seed=3, progress=False),
+                    engines={"default": ScriptedEngine(responder=EmptyThirdReply())})
+    runner.concurrency = 1
+    return asyncio.run(runner.run()).output_dir
+
+
+def test_viewer_shows_the_cut_exchange_of_a_rescued_conversation(rescued: Path, page: Any) -> None:
+    page.goto((rescued / "viewer.html").resolve().as_uri())
+    page.wait_for_function("window.dgtViewerReady === true")
+    page.locator("#list .row").first.click()
+    assert page.locator("#view .msg.user").count() == 2  # the chat: two exchanges
+    cut = page.locator("details.rejected[data-cut=assistant_empty]")
+    assert "cut exchange, not in the chat: assistant_empty (lm/assistant/naive)" in cut.locator("summary").inner_text()
+    cut.locator("summary").click()
+    items = cut.locator("li").evaluate_all("items => items.map(i => i.querySelector('.chip').textContent)")
+    assert items == ["user", "empty", "empty", "empty"]  # the third user message, then the three empty drafts
