@@ -18,7 +18,9 @@ catches half of the bad drafts, but it still leans to one answer: on assistant d
 the roles apart somewhat, on user drafts no better than chance, and in a real run it read good
 assistant replies as a human's often enough to drop 3 of 5 conversations. (Spelling out each
 role's job in the instructions only moved the lean to "assistant": 60 of 74 user drafts
-flagged.) So it is off unless a task turns it on, for a judge model that can do this. The
+flagged.) Nor does a threshold help: the log-probabilities of its two answers rank user drafts no
+better than chance (ROC area 0.47; ``benchmarks/verifier_scores.py``). So it is off unless a
+task turns it on, for a judge model that can do this. The
 examples and the instructions are the same for every call, so llama.cpp keeps them cached on a
 slot and a verdict costs the draft's tokens and a few generated ones.
 
