@@ -29,19 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from fms_dgt.engines.local import LocalConfig, LocalEngine
-from fms_dgt.stages.verifier import WriterVerdict, judge_messages
+from fms_dgt.engines.request import Request
+from fms_dgt.stages.verifier import VerifierOptions, WriterVerdict, judge_messages
 
 LABELS = Path(__file__).resolve().parent.parent / "tests/data/verifier_labels.jsonl"
 
 
 def score(server: Any, draft: str) -> float | None:
     """log P(human) - log P(assistant) at the answer's first word, or None if neither is in the top 5."""
-    body = {
-        "messages": judge_messages(draft), "temperature": 0.0, "max_tokens": 16, "logprobs": True, "top_logprobs": 5,
-        "response_format": {"type": "json_schema",
-                            "json_schema": {"name": "reply", "schema": WriterVerdict.model_json_schema(), "strict": True}},
-    }
-    reply = server.handle_chat_completions(body)
+    params = {"temperature": 0.0, "max_tokens": VerifierOptions().max_tokens, "logprobs": True, "top_logprobs": 5}
+    reply = server.handle_chat_completions(LocalEngine.body(Request(judge_messages(draft), WriterVerdict, params)))
     for token in reply["choices"][0]["logprobs"]["content"]:
         word = token["token"].strip()
         if word in ("human", "assistant"):  # the first token that is one of the two words

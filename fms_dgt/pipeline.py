@@ -255,7 +255,7 @@ def cut_exchange(conv: Conversation, mark: int, drop: DropConversation) -> CutEx
         reason=drop.reason,
         stage=rejected.stage if rejected is not None else None,
         steps=conv.steps[mark:],
-        rejected_drafts=[] if rejected is None else list(rejected.drafts) or [{"text": rejected.text}],
+        rejected_drafts=[] if rejected is None else rejected.records(),
     )
     del conv.steps[mark:]
     return cut

@@ -268,6 +268,6 @@ def dropped_record(outcome: Outcome, reason: str, conv: Conversation | None) -> 
         "reason": reason,
         "engine_error": str(outcome.engine_error) if outcome.engine_error is not None else None,
         "rejected": None if rejected is None else {"stage": rejected.stage, "reason": rejected.reason,
-                                                   "drafts": list(rejected.drafts) or [{"text": rejected.text}]},
+                                                   "drafts": rejected.records()},
         "conversation": conv.model_dump(mode="json") if conv is not None else None,
     }

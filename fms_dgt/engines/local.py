@@ -95,17 +95,23 @@ class LocalEngine(InProcessEngine):
         """Loading the model is the check: a missing package or bad file fails here, before any turn."""
         await self._ensure_loaded()
 
-    async def send(self, request: Request) -> ChatResult:
-        if self._server is None:
-            await self._ensure_loaded()
+    @staticmethod
+    def body(request: Request) -> dict[str, Any]:
+        """The llama.cpp chat-completion request for ``request`` (``benchmarks/verifier_scores.py``
+        sends it with log-probabilities added and reads the raw reply)."""
         body: dict[str, Any] = {"messages": request.messages, **request.params}
         if request.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
             }
+        return body
+
+    async def send(self, request: Request) -> ChatResult:
+        if self._server is None:
+            await self._ensure_loaded()
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._pool, self._server.handle_chat_completions, body)
+        reply = await loop.run_in_executor(self._pool, self._server.handle_chat_completions, self.body(request))
         if "error" in reply:
             error = reply["error"]
             code = int(error.get("code") or 500)

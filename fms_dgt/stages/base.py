@@ -32,6 +32,10 @@ class Rejection:
     # Every draft of the failing turn that was turned down, with its reason (for dropped.jsonl).
     drafts: tuple[dict[str, Any], ...] = ()
 
+    def records(self) -> list[dict[str, Any]]:
+        """The turned-down drafts as written to the output: all of them, or the last one alone."""
+        return list(self.drafts) or [{"text": self.text}]
+
 
 class DropConversation(Exception):  # noqa: N818 - a signal, not an error
     """Raised by a stage to drop the conversation; ``reason`` is a short countable label."""
