@@ -50,7 +50,7 @@ class Gate(Generic[Key]):
         self.in_flight: dict[Key, int] = dict.fromkeys(limits, 0)
         self._choose = choose or (lambda keys: min(keys, key=lambda k: self.in_flight[k]))
         self._clock = clock
-        self._waiting: list[tuple[float, int, asyncio.Future[Key]]] = []
+        self._waiting: list[tuple[float, int, asyncio.Future[tuple[Key, float]]]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.listeners: list[Callable[[], None]] = []
@@ -86,17 +86,16 @@ class Gate(Generic[Key]):
             key = self._choose(open_keys) if open_keys else None
             if key is not None:
                 return self._take(key)
-        future: asyncio.Future[Key] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Key, float]] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (rank, next(self._order), future))
         self._dispatch()
         try:
-            key = await future
+            return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # granted as we were cancelled: give it back
-                self.in_flight[future.result()] -= 1
+                self.in_flight[future.result()[0]] -= 1
                 self._dispatch()
             raise
-        return key, self.limits[key].started(self.in_flight[key])
 
     def _take(self, key: Key) -> tuple[Key, float]:
         self.in_flight[key] += 1
@@ -127,8 +126,9 @@ class Gate(Generic[Key]):
             key = self._choose(open_keys) if open_keys else None
             if key is None:
                 break
-            self.in_flight[key] += 1
-            heapq.heappop(self._waiting)[2].set_result(key)
+            # Started when granted, not when the waiting task next runs: a request granted under
+            # a limit belongs to that limit's window, and its in-flight count is the one it got.
+            heapq.heappop(self._waiting)[2].set_result(self._take(key))
         if self._waiting and self._timer is None:
             now = self._clock()
             resume = min(limit.resume_at() for limit in self.limits.values())
