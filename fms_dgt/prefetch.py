@@ -1,18 +1,14 @@
 """Slow imports run in a thread while a run waits on its engines, so they are off its critical path.
 
-datasketch (with scipy: 0.9 s here) is first needed when the first conversation is kept, and
-matplotlib (0.9 s) when the report is drawn after the last. Imported where they are used, each
-held up the run for that long: the first kept conversation waited for datasketch, the command's
-end for matplotlib. A thread importing them while the run waits on the engine costs the run
-little, but not nothing: the import holds the GIL, so it slows the loop's handling of replies.
-The runner therefore starts datasketch at once and matplotlib only once the engines' limits are
-found (``Pacer.limits_found``): while an adaptive limit is still ramping up, every delay on a
-reply delays the next window, and importing matplotlib then made a 1000-conversation run 0.6 s
-longer (benchmarks/server_speed.py). The code that needs a module calls ``settle(module)``
-first and then imports it as usual: Python's import lock would make an ``import`` wait for this
-thread, but not code that reads ``sys.modules`` directly (``matplotlib.use`` finds a
-half-imported ``matplotlib.pyplot`` there and fails), so it waits for the thread to finish. It
-reports a missing extra itself, so a failure here is ignored.
+datasketch (with scipy: 0.9 s here) is first needed when the first conversation is kept; imported
+there, it held up the first kept conversation for that long. A thread importing it while the run
+waits on the engine costs the run little, but not nothing: the import holds the GIL, so it slows
+the loop's handling of replies (matplotlib, 0.9 s too, is therefore imported by a child process
+instead: fms_dgt.chart). The code that needs a module calls ``settle(module)`` first and then
+imports it as usual: Python's import lock would make an ``import`` wait for this thread, but not
+code that reads ``sys.modules`` directly (``matplotlib.use`` once found a half-imported
+``matplotlib.pyplot`` there and failed), so it waits for the thread to finish. It reports a
+missing extra itself, so a failure here is ignored.
 """
 
 from __future__ import annotations
@@ -21,9 +17,9 @@ import asyncio
 import importlib
 import threading
 
-__all__ = ["prefetch", "prefetched", "settle", "settled"]
+__all__ = ["prefetch", "settle", "settled"]
 
-_threads: dict[str, threading.Thread] = {}  # by module, once started (kept: ``prefetched`` reads it)
+_threads: dict[str, threading.Thread] = {}  # by module, once started
 
 
 def prefetch(*modules: str) -> threading.Thread:
@@ -41,11 +37,6 @@ def prefetch(*modules: str) -> threading.Thread:
         _threads[name] = thread
     thread.start()
     return thread
-
-
-def prefetched(module: str) -> bool:
-    """Whether a prefetch of ``module`` was started in this process."""
-    return module in _threads
 
 
 def _pending(modules: tuple[str, ...]) -> list[threading.Thread]:

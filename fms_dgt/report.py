@@ -26,16 +26,16 @@ import logging
 import statistics
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from fms_dgt.chart import draw
 from fms_dgt.conversation import Conversation
 from fms_dgt.output import FINAL, REPORTS, SUMMARY, TASK_SNAPSHOT
-from fms_dgt.prefetch import settle
 from fms_dgt.stages.flow_controller import FlowControllerOptions
 from fms_dgt.stages.persona import PersonaOptions
 from fms_dgt.stages.similarity import words
@@ -496,59 +496,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot(report: dict[str, Any], path: Path) -> bool:
-    """Bar charts of the main distributions; False when matplotlib is not installed."""
-    settle("matplotlib.pyplot")  # the runner may be importing it in a thread (fms_dgt.prefetch)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    panels: list[tuple[str, dict[str, float], dict[str, float] | None]] = []
-    turns = report["turns"]["distribution"]
-    total = sum(turns.values()) or 1
-    panels.append(("exchanges per conversation", {k: v / total for k, v in turns.items()}, None))
-    for name, entry in report["attributes"].items():
-        if entry["kind"] == "categorical":
-            panels.append((name, entry["observed"], entry.get("expected")))
-    if report["patterns"]["counts"]:
-        panels.append(("flow-controller patterns", report["patterns"]["observed"], report["patterns"]["weight_share"] or None))
-    for name, judge in report["judges"].items():
-        n = sum(judge["histogram"].values()) or 1
-        panels.append((f"judge: {name}", {k: v / n for k, v in judge["histogram"].items()}, None))
-    columns = 2
-    rows = (len(panels) + columns - 1) // columns
-    # Fixed margins in inches (room for the title above and the rotated labels below each
-    # panel) instead of tight_layout, which measured every label: half the plot's time.
-    height = 3.2 * rows
-    figure, axes = plt.subplots(rows, columns, figsize=(12, height), squeeze=False)
-    figure.subplots_adjust(left=0.05, right=0.99, top=1 - 0.3 / height, bottom=0.75 / height,
-                           wspace=0.15, hspace=1.05 / (3.2 - 1.05))
-    for axis, (title, observed, expected) in zip(axes.flat, panels):
-        keys = list(dict.fromkeys([*(expected or {}), *observed]))
-        xs = range(len(keys))
-        axis.bar([x - 0.2 for x in xs], [observed.get(k, 0) for k in keys], width=0.4, label="observed")
-        if expected:
-            axis.bar([x + 0.2 for x in xs], [expected.get(k, 0) for k in keys], width=0.4, label="expected")
-            axis.legend(fontsize=7)
-        axis.set_xticks(list(xs), [k.split("/")[-1][:18] for k in keys], rotation=30, ha="right", fontsize=7)
-        axis.set_title(title, fontsize=9)
-        axis.set_ylabel("share", fontsize=7)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.axis("off")
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return True
-
-
-def write_report(folder: Path) -> dict[str, Any]:
-    """Compute the report and write report.json, report.md and (with matplotlib) report.png."""
+def write_report(folder: Path, chart: Callable[[dict[str, Any], Path], bool] = draw) -> dict[str, Any]:
+    """Compute the report and write report.json, report.md and (with matplotlib) report.png;
+    ``chart`` draws it (a run hands in its ``ChartProcess``)."""
     report = build_report(folder)
     (folder / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (folder / REPORT_MD).write_text(to_markdown(report) + "\n", encoding="utf-8")
-    plot(report, folder / REPORT_PNG)
+    chart(report, folder / REPORT_PNG)
     return report
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fms_dgt import __version__
+from fms_dgt.chart import ChartProcess
 from fms_dgt.engines import Engine
 from fms_dgt.errors import ConfigError, DgtError, EngineError
 from fms_dgt.executors import EXECUTORS
@@ -26,7 +27,7 @@ from fms_dgt.guard import LimitOverrides, RunGuard
 from fms_dgt.task import Task
 from fms_dgt.output import OutputStore
 from fms_dgt.pacing import Pacer
-from fms_dgt.prefetch import prefetch, prefetched, settled
+from fms_dgt.prefetch import prefetch, settled
 from fms_dgt.conversation import Conversation
 from fms_dgt.pipeline import Outcome, Pipeline, choose_seed
 from fms_dgt.progress import Progress
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 # Stop instead of burning through calls when conversations keep failing on the engine.
 MAX_CONSECUTIVE_ENGINE_FAILURES = 10
-# What the report draws with (prefetched during the run).
-PLOTTING = "matplotlib.pyplot"
 
 
 @dataclass
@@ -77,6 +76,7 @@ class Runner:
         self.stats = self.pipeline.stats  # the run's counters (with Ray, the workers' are added in)
         self.store = OutputStore(options.output_dir, self.config.task_name, FORMATTERS.get(self.config.formatter.type))
         self.pacer = Pacer(self.pipeline.engines)
+        self.chart = ChartProcess()  # draws report.png; started during the run
         self.pipeline.on_start = self.pacer.enter
         try:
             kind = EXECUTORS.get(options.executor)
@@ -100,7 +100,7 @@ class Runner:
             concurrency=lambda: self.executor.capacity, max_attempts=self.options.max_attempts,
         )
         # Imported while the run waits on its engines (fms_dgt.prefetch): the gate's index needs
-        # datasketch from the first kept conversation, the report matplotlib after the last.
+        # datasketch from the first kept conversation.
         if self.config.quality.near_duplicate_threshold is not None:
             prefetch("datasketch")
         self.store.open(restart=self.options.restart)
@@ -141,6 +141,7 @@ class Runner:
             self.store.close()
             if status != "interrupted":
                 self._write_report()
+            self.chart.close()
         return RunResult(summary=summary, output_dir=self.store.dir, status=status, error=error)
 
     async def _generate(self, target: int, progress: Progress) -> None:
@@ -164,8 +165,8 @@ class Runner:
                     self.stats.attempts += 1
                 if not pending:  # the guard started nothing more
                     break
-                if not prefetched(PLOTTING) and (self.pacer.limits_found or self.executor.remote):
-                    prefetch(PLOTTING)  # not while a limit ramps up: see fms_dgt.prefetch
+                if not self.chart.started and (self.pacer.limits_found or self.executor.remote):
+                    self.chart.start()  # its import takes a core for 0.9 s: not while a limit ramps up
                 # Woken too when a budget is spent, or when an engine's limit grows.
                 done, pending = await self.guard.wait(pending, self.pacer.waker())
                 for finished in sorted(done, key=self.pacer.attempt):
@@ -217,7 +218,7 @@ class Runner:
     def _write_report(self) -> None:
         """The analysis report and the viewer; a failure here is logged, never fatal: the data is on disk."""
         try:
-            write_report(self.store.dir)
+            write_report(self.store.dir, self.chart.draw)
         except Exception as exc:  # noqa: BLE001 - the report is a convenience
             logger.warning("could not write the report: %s (run python -m fms_dgt.report %s)", exc, self.store.dir)
         try:

@@ -196,8 +196,8 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_a_short_run_in_a_fresh_process_writes_its_report(tmp_path: Path) -> None:
-    """A run shorter than the runner's prefetch of matplotlib (fms_dgt.prefetch) still draws the
-    report: ``matplotlib.use`` reads ``sys.modules`` and failed on a half-imported pyplot."""
+    """A run in a fresh process draws its chart in the runner's chart process (fms_dgt.chart),
+    and a run shorter than that process's import of matplotlib still gets its chart."""
     pytest.importorskip("matplotlib")
     with LMServer(reply=PlausibleReplies()) as server:
         done = subprocess.run(

@@ -316,9 +316,9 @@ def test_spares_start_only_on_idle_capacity_of_a_limit_already_found() -> None:
     gate.in_flight["a"] = 16  # none idle: only what is needed
     assert pacer.in_flight_cap(10, 10) == 10
     gate.in_flight["a"] = 0
-    assert pacer.limits_found  # the runner may now import matplotlib for the report
+    assert pacer.limits_found  # the runner may now start its chart process (fms_dgt.chart)
     found.slow_start = True  # still probing: no spares even with every slot free
     assert pacer.in_flight_cap(10, 10) == 10
-    assert not pacer.limits_found  # nor imports that would slow the ramp (fms_dgt.prefetch)
+    assert not pacer.limits_found  # nor a process that would take a core from the ramp
     engine_on_cpu = SimpleNamespace(gate=Gate({"a": FixedLimit(4)}), shares_compute=True)
     assert Pacer({"local": engine_on_cpu}).in_flight_cap(1, 1) == 1  # type: ignore[dict-item]

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("stages and engines", ["fms_dgt.engines", "fms_dgt.stages", "fms_dgt.formatters", "fms_dgt.lm_client"]),
     ("task", ["fms_dgt.task", "fms_dgt.loader"]),
     ("conversation", ["fms_dgt.pipeline"]),
-    ("run", ["fms_dgt.output", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",
+    ("run", ["fms_dgt.output", "fms_dgt.chart", "fms_dgt.report", "fms_dgt.view", "fms_dgt.progress",
              "fms_dgt.forecast", "fms_dgt.breaker", "fms_dgt.budget", "fms_dgt.guard", "fms_dgt.pacing",
              "fms_dgt.dedup", "fms_dgt.quality", "fms_dgt.executors",
              "fms_dgt.runner"]),
