@@ -375,6 +375,14 @@ async def test_user_prompt_shows_seed_user_messages_as_voice_examples(tmp_path: 
         ("", "empty"),
         ("thanks, bye! This is your last message.", "copies_direction"),
         ("ok, should I cut the spotted leaves off?", None),
+        # seen on qwen2.5-1.5b: the user's "my twins" became "your twins" in advice to the user
+        ("You could water your tomatoes in the morning, before the sun is up.", "sounds_like_assistant"),
+        ("ok, what is your advice on the spots?", None),  # advice: not the user's own thing
+        ("ok, should I spray your plants too?", None),  # plants: in the scenario, never "my plants"
+        # seen on qwen2.5-1.5b: the user advised the assistant on shin splints, then wished it well
+        ("Also, rest your feet properly during the run. Good luck with your marathon!", "sounds_like_assistant"),
+        ("Thanks! I'll mulch it. Remember, it's important to water early.", "sounds_like_assistant"),
+        ("I'll remember to water early, thanks.", None),
         # seen on qwen2.5-1.5b: the user leaves, then the next exchange talks past the goodbye
         ("Great to hear! It's a pleasure to share it with my students. Have a great day!", "premature_goodbye"),
         ("ok thanks, bye!", "premature_goodbye"),

@@ -33,7 +33,7 @@ _ASSISTANT_VOICE = re.compile(
     r"do you have any (other |more )?questions|(i'm|i am) sorry to hear|"
     r"feel free to ask|let me know if (you|there)|happy to assist|great question|ready to help|"
     r"what do you need help with|how can i be of|what else would you like to know|"
-    r"glad (you found|i could help|to have been)|i hope (you find|this helps|that helps))",
+    r"glad (you found|i could help|to have been)|i hope (you find|this helps|that helps)|good luck (with|on) your)",
     re.IGNORECASE,
 )
 # Openers of an assistant agreeing or acknowledging, not of a person starting their turn.
@@ -42,6 +42,13 @@ _ASSISTANT_OPENER = re.compile(
     r"understood|great question|as an ai)\b",
     re.IGNORECASE,
 )
+
+# A sentence that starts by telling the listener to remember something: advice, the assistant's
+# way of wrapping up ("Remember, it's important to stay organized", seen in a user's goodbye).
+_REMINDER = re.compile(r"(?:^|[.!?]\s+)remember(?:,| to\b)", re.IGNORECASE)
+# "my twins" earlier, "your twins" now: the user's own things spoken of as the listener's.
+_MY = re.compile(r"\bmy (\w+)", re.IGNORECASE)
+_YOUR = re.compile(r"\byour (\w+)", re.IGNORECASE)
 
 # A note about the instructions that the model appended to the message, e.g. "(End of
 # conversation, with no quotation marks and no name or role label.)" (seen on qwen2.5-1.5b).
@@ -183,6 +190,20 @@ EXPECTED = Expectation(
 )
 
 
+def gives_back_own_things(draft: str, conv: Conversation) -> bool:
+    """Whether the draft says "your X" of something the user called "my X" and that is in their
+    persona or scenario: the model is advising the user about the user's life, as the assistant
+    (seen on qwen2.5-1.5b: a father of twins who had asked about "my twins" went on "You could
+    choose a book that is easy to read and that your twins enjoy"). Both conditions, so "your
+    advice" after "my question" or "your opinion" after "my opinion" stay a user's words."""
+    own = {w.lower() for text in conv.contents("user") for w in _MY.findall(text)}
+    if not own:
+        return False
+    situation = " ".join(filter(None, (conv.persona.content if conv.persona else "", conv.scenario)))
+    mine = own & set(re.findall(r"\w+", situation.lower()))
+    return any(w.lower() in mine for w in _YOUR.findall(draft))
+
+
 def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | None:
     """Why a draft is not a believable next user message, or None if it is."""
     if len(draft) < 2:
@@ -193,7 +214,8 @@ def rejection(draft: str, conv: Conversation, closing: bool = False) -> str | No
         return "closing_asks_question"  # a goodbye that opens a new question is no goodbye
     if not closing and _GOODBYE.search(draft):
         return "premature_goodbye"
-    if _ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft):
+    if (_ASSISTANT_VOICE.search(draft) or _ASSISTANT_OPENER.match(draft) or _REMINDER.search(draft)
+            or gives_back_own_things(draft, conv)):
         return "sounds_like_assistant"
     if conv.contents("user") and _GREETING.match(draft):
         return "greets_again"
