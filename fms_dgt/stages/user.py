@@ -200,7 +200,7 @@ def gives_back_own_things(draft: str, conv: Conversation) -> bool:
     if not own:
         return False
     situation = " ".join(filter(None, (conv.persona.content if conv.persona else "", conv.scenario)))
-    mine = own & set(re.findall(r"\w+", situation.lower()))
+    mine = own & Words(situation).set
     return any(w.lower() in mine for w in _YOUR.findall(draft))
 
 
